@@ -1,0 +1,58 @@
+"""Default configuration: the paper's full model on multiplexed tissue tiles.
+
+Dataset and ablation files import this and change only what differs. The model section
+is turned into `multichan_diff.model.ModelConfig` at the boundary (the model never sees
+this ConfigDict); `num_channels` comes from the data's panel.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict(dict(
+      spatial=True,
+      widths=(64, 128, 256),
+      blocks_per_level=(1, 2, 2),
+      context_blocks=1,
+      injection="se",             # se | add | none
+      channel_attention="self",   # self | se | none
+      attention_levels=(1, 2),    # channel self-attention below full resolution
+      output_attention=True,
+      use_mask_input=True,
+      num_heads=4,
+      head_dim=16,
+      norm_groups=32,
+      se_reduction=4,
+      dropout=0.0,
+      dtype="float32",
+  ))
+
+  config.diffusion = ml_collections.ConfigDict(dict(
+      schedule="linear",          # linear | cosine
+      num_steps=1000,
+      loss_on="all",              # all | missing
+      mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
+  ))
+
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=2e-4,
+      weight_decay=0.0,
+      warmup_steps=500,
+      clip_norm=1.0,
+  ))
+
+  config.sampling = ml_collections.ConfigDict(dict(
+      sampler="ddpm",             # ddpm | ddim
+      steps=500,
+      num_samples=8,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=16,
+      tile=64,
+      steps=20_000,
+      seed=0,
+  ))
+  return config

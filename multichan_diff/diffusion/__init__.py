@@ -1,0 +1,1 @@
+"""Pure diffusion functions: schedules, channel masking, losses, samplers."""

@@ -1,0 +1,1 @@
+"""Training: the pure train step and its sharding over a device mesh."""

@@ -1,0 +1,58 @@
+"""Random channel masking (Algorithm 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from multichan_diff.diffusion.masking import mask_condition, sample_observed
+
+
+def _present(seed, b=512, c=9):
+  rng = np.random.default_rng(seed)
+  present = rng.random((b, c)) < 0.7
+  present[:8] = False  # no channel
+  present[8:16, :] = False
+  present[8:16, 3] = True  # exactly one channel
+  present[16:24] = True  # all channels
+  return jnp.asarray(present)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.02, 0.98, (0.1, 0.9)])
+def test_observed_count_bounds_and_absent_never_observed(p):
+  present = _present(0)
+  obs = np.asarray(sample_observed(jax.random.key(1), present, p))
+  pres = np.asarray(present)
+  assert not (obs & ~pres).any()  # absent channels never count as observed
+  n_pres, n_obs = pres.sum(1), obs.sum(1)
+  many = n_pres >= 2
+  assert (n_obs[many] >= 1).all() and (n_obs[many] <= n_pres[many] - 1).all()
+  assert (n_obs[n_pres == 0] == 0).all()
+
+
+def test_observation_rate_follows_p():
+  present = jnp.ones((4000, 20), bool)
+  for p in [0.2, 0.5, 0.8]:
+    rate = float(sample_observed(jax.random.key(0), present, p).mean())
+    assert abs(rate - p) < 0.02, (p, rate)
+  # A per-sample range: the per-sample rates spread over it.
+  rates = np.asarray(sample_observed(jax.random.key(0), present, (0.1, 0.9)).mean(1))
+  assert rates.min() < 0.25 and rates.max() > 0.75
+
+
+def test_same_key_same_mask_and_keys_differ():
+  present = _present(2)
+  a = sample_observed(jax.random.key(7), present, 0.5)
+  b = sample_observed(jax.random.key(7), present, 0.5)
+  c = sample_observed(jax.random.key(8), present, 0.5)
+  assert jnp.array_equal(a, b) and not jnp.array_equal(a, c)
+
+
+def test_masked_channels_are_exactly_zero_and_observed_pass_through():
+  x0 = jax.random.normal(jax.random.key(0), (4, 6, 5, 7)) + 10.0
+  obs = sample_observed(jax.random.key(1), jnp.ones((4, 7), bool), 0.5)
+  c = mask_condition(x0, obs)
+  o = np.asarray(obs)[:, None, None, :]
+  assert (np.asarray(c)[np.broadcast_to(~o, c.shape)] == 0).all()
+  np.testing.assert_array_equal(np.asarray(c)[np.broadcast_to(o, c.shape)],
+                                np.asarray(x0)[np.broadcast_to(o, c.shape)])
