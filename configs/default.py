@@ -13,15 +13,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict(dict(
       spatial=True,
+      patch_size=2,               # 64x64 tiles run their first level at 32x32
       widths=(64, 128, 256),
       blocks_per_level=(1, 2, 2),
       context_blocks=1,
       injection="se",             # se | add | none
       channel_attention="self",   # self | se | none
-      attention_levels=(1, 2),    # channel self-attention below full resolution
+      attention_levels=(0, 1),    # channel self-attention where widths are 64 and 128
       output_attention=True,
       use_mask_input=True,
-      num_heads=4,
+      num_heads=2,
       head_dim=16,
       norm_groups=32,
       se_reduction=4,

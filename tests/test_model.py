@@ -1,6 +1,7 @@
 """Shapes and construction of the spatial and vector variants."""
 
 import chex
+import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
@@ -94,3 +95,36 @@ def test_timestep_embedding_distinguishes_steps():
   e = timestep_embedding(jnp.array([0.0, 1.0, 999.0]), 33)
   chex.assert_shape(e, (3, 33))
   assert not jnp.allclose(e[0], e[1]) and not jnp.allclose(e[1], e[2])
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 23)])
+def test_patchified_model_keeps_pixel_shapes(size):
+  cfg, model = tiny_model(39, patch_size=2)
+  x = jnp.ones((2, *size, 39))
+  obs = jnp.ones((2, 39), bool)
+  chex.assert_shape(model.encode_condition(x, obs)[0],
+                    (2, (size[0] + 1) // 2, (size[1] + 1) // 2, 8))
+  chex.assert_shape(model(x, jnp.zeros((2,)), x, obs), (2, *size, 39))
+
+
+def test_space_to_depth_round_trip():
+  from multichan_diff.model.blocks import depth_to_space, space_to_depth
+  x = jax.random.normal(jax.random.key(0), (2, 7, 5, 3))
+  y = space_to_depth(x, 2)
+  chex.assert_shape(y, (2, 4, 3, 12))
+  np.testing.assert_array_equal(depth_to_space(y, 2, (7, 5)), x)
+  # Position (i, j) holds exactly the pixels of patch (i, j).
+  np.testing.assert_array_equal(y[0, 1, 2].reshape(2, 2, 3)[0, 0], x[0, 2, 4])
+
+
+@pytest.mark.parametrize("h,w,stride,kernel", [(7, 5, 1, 3), (7, 5, 2, 3), (8, 8, 2, 3),
+                                               (6, 9, 1, 1), (5, 5, 2, 1)])
+def test_conv_matches_xla_convolution(h, w, stride, kernel):
+  from flax import nnx
+  from multichan_diff.model.blocks import Conv
+  c = Conv(3, 4, kernel=kernel, stride=stride, rngs=nnx.Rngs(0))
+  c.bias[...] = jnp.arange(4.0)
+  x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
+  ref = jax.lax.conv_general_dilated(x, c.kernel[...], (stride, stride), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + c.bias[...]
+  np.testing.assert_allclose(c(x), ref, atol=1e-5)

@@ -34,45 +34,30 @@ class SqueezeExcite(nnx.Module):
 class ChannelSelfAttention(nnx.Module):
   """Self-attention whose tokens are the D feature channels (the paper's eq. 8), residual.
 
-  Each channel's flattened H*W map is its feature vector. Queries and keys are that map
-  (normalised per channel) filtered by one small kernel per head that is *shared by all
-  channels*, so the module is permutation-equivariant over channels and works at any
-  H, W (no parameter depends on the tile size, unlike a [H*W, d] projection).
-  A_h = softmax(Q_h K_h^T / sqrt(H*W)) [D, D] per head; heads are mixed by learned
-  weights g (zero at init, so the block starts as the identity) and applied to the raw
-  channel maps: z' = z + sum_h g_h A_h z. [B, H, W, D] -> [B, H, W, D].
+  Each channel's flattened H*W map is its feature vector. Queries and keys are those maps
+  standardised per channel, scaled per head, so head h attends with logits
+  tau_h * corr(z_i, z_j) * sqrt(H*W) (scaled dot product of the standardised maps).
+  No parameter depends on H*W (a [H*W, d] projection would tie the model to one tile
+  size) and none mixes channels, so the module is permutation-equivariant over channels.
+  It costs two [D, D, H*W] matrix products per call: the Gram matrix, shared by all
+  heads, and the mixing of the values. Heads are combined by learned weights g (zero at
+  init, so the block starts as the identity) and act on the raw channel maps:
+  z' = z + sum_h g_h A_h z. [B, H, W, D] -> [B, H, W, D].
   """
 
-  def __init__(self, features: int, *, num_heads: int = 4, kernel: int = 3, rngs: nnx.Rngs):
-    self.num_heads = num_heads
-    center = jnp.zeros((kernel, kernel)).at[kernel // 2, kernel // 2].set(1.0)
-    noise = nnx.initializers.normal(0.1)(rngs.params(), (kernel, kernel, 2 * num_heads))
-    self.qk_kernel = nnx.Param(center[:, :, None] + noise)  # [k, k, 2 * heads] (q, k)
-    self.head_scale = nnx.Param(jnp.ones((2 * num_heads,)))
+  def __init__(self, features: int, *, num_heads: int = 4, rngs: nnx.Rngs):
+    # Temperatures spread over [0.5, 4] so heads start out from sharp to smooth.
+    self.temperature = nnx.Param(jnp.geomspace(0.5, 4.0, num_heads))
     self.head_gate = nnx.Param(jnp.zeros((num_heads,)))
-
-  def _queries_keys(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """-> q, k [B, H*W, D, heads]."""
-    b, h, w, d = z.shape
-    zf = z.astype(jnp.float32)
-    mu = jnp.mean(zf, axis=(1, 2), keepdims=True)
-    var = jnp.var(zf, axis=(1, 2), keepdims=True)
-    zn = ((zf - mu) * jax.lax.rsqrt(var + 1e-5)).astype(z.dtype)
-    # Shared k x k filters as shifted sums (XLA's grouped convolutions are slow on CPU).
-    kern = self.qk_kernel[...].astype(z.dtype)
-    ks = kern.shape[0]
-    zp = jnp.pad(zn, ((0, 0), (ks // 2, ks // 2), (ks // 2, ks // 2), (0, 0)))
-    shifts = jnp.stack([zp[:, dy:dy + h, dx:dx + w] for dy in range(ks) for dx in range(ks)])
-    out = jnp.einsum("sbhwd,sk->bhwdk", shifts, kern.reshape(ks * ks, -1))
-    out = out * self.head_scale[...].astype(z.dtype)
-    out = out.reshape(b, h * w, d, 2, self.num_heads)
-    return out[..., 0, :], out[..., 1, :]
 
   def attention_weights(self, z: jax.Array) -> jax.Array:
     """A [B, heads, D, D]: row i is how channel i attends over channels j."""
-    q, k = self._queries_keys(z)
-    logits = jnp.einsum("bnih,bnjh->bhij", q, k).astype(jnp.float32) / math.sqrt(q.shape[1])
-    return jax.nn.softmax(logits, axis=-1)
+    b, h, w, d = z.shape
+    zf = z.reshape(b, h * w, d).astype(jnp.float32)
+    zn = (zf - zf.mean(1, keepdims=True)) * jax.lax.rsqrt(zf.var(1, keepdims=True) + 1e-5)
+    gram = jnp.einsum("bni,bnj->bij", zn.astype(z.dtype), zn.astype(z.dtype))
+    logits = gram.astype(jnp.float32)[:, None] / math.sqrt(h * w)  # [B, 1, D, D]
+    return jax.nn.softmax(logits * self.temperature[...][None, :, None, None], axis=-1)
 
   def __call__(self, z: jax.Array) -> jax.Array:
     b, h, w, d = z.shape

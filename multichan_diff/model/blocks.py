@@ -28,13 +28,46 @@ def group_count(width: int, groups: int) -> int:
   return g
 
 
+class Conv(nnx.Module):
+  """A SAME-padded k x k convolution, NHWC, computed as one matrix product (im2col).
+
+  XLA's CPU convolutions are pathologically slow on small maps with many channels (a
+  2x2x384 map took 15x longer than this form); the k*k shifted copies cost memory but
+  keep every convolution on the fast matmul path, on any backend.
+  """
+
+  def __init__(self, in_f: int, out_f: int, *, kernel: int = 3, stride: int = 1,
+               zero_init: bool = False, rngs: nnx.Rngs, dtype=jnp.float32):
+    init = (nnx.initializers.zeros_init() if zero_init
+            else nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
+    self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, in_f, out_f)))
+    self.bias = nnx.Param(jnp.zeros((out_f,)))
+    self.stride = stride
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, _, in_f, out_f = self.kernel.shape
+    s = self.stride
+    x = x.astype(self.dtype)
+    b, h, w, _ = x.shape
+    ho, wo = -(-h // s), -(-w // s)
+    if k > 1:
+      # SAME padding as XLA computes it for this stride.
+      ph, pw = max((ho - 1) * s + k - h, 0), max((wo - 1) * s + k - w, 0)
+      x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+      x = jnp.concatenate([x[:, dy:dy + (ho - 1) * s + 1:s, dx:dx + (wo - 1) * s + 1:s]
+                           for dy in range(k) for dx in range(k)], axis=-1)
+    elif s > 1:
+      x = x[:, ::s, ::s]
+    kern = self.kernel[...].reshape(k * k * in_f, out_f).astype(self.dtype)
+    return x @ kern + self.bias[...].astype(self.dtype)
+
+
 def conv(in_f: int, out_f: int, *, spatial: bool, rngs: nnx.Rngs, kernel: int = 3,
-         stride: int = 1, zero_init: bool = False, dtype=jnp.float32) -> nnx.Conv:
+         stride: int = 1, zero_init: bool = False, dtype=jnp.float32) -> Conv:
   """A SAME-padded conv; the vector variant (H = W = 1) uses 1x1 kernels throughout."""
-  k = kernel if spatial else 1
-  extra = {"kernel_init": nnx.initializers.zeros_init()} if zero_init else {}
-  return nnx.Conv(in_f, out_f, kernel_size=(k, k), strides=(stride, stride), padding="SAME",
-                  dtype=dtype, rngs=rngs, **extra)
+  return Conv(in_f, out_f, kernel=kernel if spatial else 1, stride=stride, zero_init=zero_init,
+              rngs=rngs, dtype=dtype)
 
 
 def make_norm(kind: str, features: int, groups: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -78,6 +111,31 @@ class ResBlock(nnx.Module):
       h = self.dropout(h)
     h = self.conv2(h)
     return h + (self.skip(x) if self.skip is not None else x)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """[B, H, W, C] -> [B, ceil(H/p), ceil(W/p), p*p*C]: each p x p patch becomes one position.
+
+  Zero-pads H and W up to multiples of p. Patch contents stay in place, so features at a
+  position are still aligned with the same pixels of x and c.
+  """
+  if p == 1:
+    return x
+  b, h, w, c = x.shape
+  x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+  hp, wp = x.shape[1] // p, x.shape[2] // p
+  x = x.reshape(b, hp, p, wp, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hp, wp, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int, size: tuple[int, int]) -> jax.Array:
+  """Inverse of `space_to_depth`, cropped to `size`: [B, h, w, p*p*C] -> [B, H, W, C]."""
+  if p == 1:
+    return x
+  b, hp, wp, pc = x.shape
+  c = pc // (p * p)
+  x = x.reshape(b, hp, wp, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hp * p, wp * p, c)[:, : size[0], : size[1]]
 
 
 class Downsample(nnx.Module):

@@ -16,6 +16,9 @@ class ModelConfig:
       observed subset of the target panel itself (images); the vector variant sets
       it to the gene count (genes condition, proteins are the target).
     spatial: True for images [B, H, W, C]; False for the vector variant (H = W = 1).
+    patch_size: p; D and E start by folding each p x p patch of pixels into one position
+      (space-to-depth) and D ends by unfolding it, so level 0 runs at H/p x W/p. Costs
+      p^2 times less compute per level; 1 keeps full resolution.
     widths: feature width per resolution level of D and E (len = number of levels).
     blocks_per_level: residual blocks per level of D (an int, or one per level).
     context_blocks: residual blocks per level of the contextual network E.
@@ -35,6 +38,7 @@ class ModelConfig:
   num_channels: int
   cond_channels: int | None = None
   spatial: bool = True
+  patch_size: int = 1
   widths: tuple[int, ...] = (64, 128, 256)
   blocks_per_level: int | tuple[int, ...] = 2
   context_blocks: int = 1
@@ -53,6 +57,9 @@ class ModelConfig:
   def __post_init__(self):
     if self.num_channels < 1:
       raise ValueError(f"num_channels must be >= 1, got {self.num_channels}")
+    if self.patch_size < 1 or (not self.spatial and self.patch_size != 1):
+      raise ValueError(f"patch_size must be >= 1 (and 1 for the vector variant), "
+                       f"got {self.patch_size}")
     if not self.widths:
       raise ValueError("widths must name at least one level")
     if not self.spatial and self.cond_channels is None:

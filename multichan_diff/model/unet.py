@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from multichan_diff.model.attention import SqueezeExcite, make_channel_attention
-from multichan_diff.model.blocks import (Downsample, ResBlock, Upsample, conv, group_count,
-                                         timestep_embedding)
+from multichan_diff.model.blocks import (Conv, Downsample, ResBlock, Upsample, conv, depth_to_space,
+                                         group_count, space_to_depth, timestep_embedding)
 from multichan_diff.model.config import ModelConfig
 from multichan_diff.model.injection import make_injection
 
@@ -30,8 +30,7 @@ class OutputChannelAttention(nnx.Module):
 
   def __init__(self, channels: int, *, se_reduction: int, rngs: nnx.Rngs):
     self.se = SqueezeExcite(channels, reduction=se_reduction, rngs=rngs)
-    self.proj = nnx.Conv(channels, channels, kernel_size=(1, 1), rngs=rngs,
-                         kernel_init=nnx.initializers.zeros_init())
+    self.proj = Conv(channels, channels, kernel=1, zero_init=True, rngs=rngs)
 
   def __call__(self, y: jax.Array) -> jax.Array:
     return y + self.proj(self.se(y))
@@ -47,8 +46,9 @@ class ContextNet(nnx.Module):
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    in_f = cfg.condition_channels * (2 if cfg.use_mask_input else 1)
+    in_f = cfg.condition_channels * (2 if cfg.use_mask_input else 1) * cfg.patch_size ** 2
     w = cfg.widths
+    self.patch_size = cfg.patch_size
     self.stem = conv(in_f, w[0], spatial=cfg.spatial, rngs=rngs)
     self.levels = nnx.List()
     self.downs = nnx.List()
@@ -68,7 +68,7 @@ class ContextNet(nnx.Module):
     if self.use_mask_input:
       m = jnp.broadcast_to(observed[:, None, None, :].astype(cond.dtype), cond.shape)
       cond = jnp.concatenate([cond, m], axis=-1)
-    h = self.stem(cond)
+    h = self.stem(space_to_depth(cond, self.patch_size))
     feats = []
     for blocks, down in zip(self.levels, self.downs):
       for block in blocks:
@@ -114,7 +114,8 @@ class ConditionalUNet(nnx.Module):
     temb_dim = 4 * w[0]
     self.temb1 = nnx.Linear(w[0], temb_dim, rngs=rngs)
     self.temb2 = nnx.Linear(temb_dim, temb_dim, rngs=rngs)
-    self.stem = conv(cfg.num_channels, w[0], spatial=cfg.spatial, rngs=rngs)
+    p2 = cfg.patch_size ** 2
+    self.stem = conv(cfg.num_channels * p2, w[0], spatial=cfg.spatial, rngs=rngs)
 
     conditional = cfg.injection != "none"
     self.context = ContextNet(cfg, rngs=rngs) if conditional else None
@@ -141,7 +142,8 @@ class ConditionalUNet(nnx.Module):
                                    cfg=cfg, temb_dim=temb_dim, rngs=rngs))
       self.ups.append(Upsample(w[lvl], rngs=rngs) if cfg.spatial and lvl > 0 else None)
     self.out_norm = nnx.GroupNorm(w[0], num_groups=group_count(w[0], cfg.norm_groups), rngs=rngs)
-    self.out_conv = conv(w[0], cfg.num_channels, spatial=cfg.spatial, rngs=rngs, zero_init=True)
+    self.out_conv = conv(w[0], cfg.num_channels * p2, spatial=cfg.spatial, rngs=rngs,
+                         zero_init=True)
     self.out_attn = (OutputChannelAttention(cfg.num_channels, se_reduction=cfg.se_reduction,
                                             rngs=rngs) if cfg.output_attention else None)
 
@@ -155,7 +157,8 @@ class ConditionalUNet(nnx.Module):
     """x_t [B, H, W, C], t [B], ctx from `encode_condition` -> eps [B, H, W, C]."""
     temb = timestep_embedding(t, self.cfg.widths[0])
     temb = self.temb2(nnx.silu(self.temb1(temb)))  # [B, 4 * widths[0]]
-    h = self.stem(x_t)
+    p = self.cfg.patch_size
+    h = self.stem(space_to_depth(x_t, p))  # [B, H/p, W/p, widths[0]]
     skips = []
     for lvl, (stage, down) in enumerate(zip(self.down_stages, self.downs)):
       h = stage(h, temb)
@@ -170,7 +173,7 @@ class ConditionalUNet(nnx.Module):
       h = stage(jnp.concatenate([h, skips[lvl]], axis=-1), temb)
       if up is not None:
         h = up(h, skips[lvl - 1].shape[1:3])
-    y = self.out_conv(nnx.silu(self.out_norm(h)))
+    y = depth_to_space(self.out_conv(nnx.silu(self.out_norm(h))), p, x_t.shape[1:3])
     if self.out_attn is not None:
       y = self.out_attn(y)
     return y
