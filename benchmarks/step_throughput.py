@@ -51,9 +51,10 @@ def run_case(name: str, steps: int, overrides: dict) -> dict:
   cfg = ModelConfig.from_mapping(model_kw, num_channels=case["channels"])
   model = build_model(cfg)
   n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  tx = make_optimizer(1e-4)
+  tx = make_optimizer(**config.optim)
   graphdef, rest, state = init_train_state(model, tx)
-  loss_fn = get_loss_fn(get_schedule(config.diffusion.schedule), config.diffusion.loss_on)
+  diff = config.diffusion
+  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
   step = jax.jit(make_train_step(graphdef, rest, tx, loss_fn), donate_argnums=0)
 
   b, c = case["batch"], case["channels"]
@@ -62,7 +63,8 @@ def run_case(name: str, steps: int, overrides: dict) -> dict:
     s = case["size"]
     x0 = jax.random.normal(k, (b, s, s, c))
     batch = {"x0": x0, "present": jnp.ones((b, c), bool),
-             "observed": sample_observed(jax.random.key(1), jnp.ones((b, c), bool), (0.1, 0.9))}
+             "observed": sample_observed(jax.random.key(1), jnp.ones((b, c), bool),
+                                         tuple(diff.mask_p))}
   else:
     batch = {"x0": jax.random.normal(k, (b, 1, 1, c)),
              "cond": jax.random.normal(jax.random.key(1), (b, 1, 1, case["genes"])),
@@ -92,7 +94,7 @@ def run_case(name: str, steps: int, overrides: dict) -> dict:
 
 
 # The vector model (single cells): residual stages of one width, no resampling.
-VECTOR_MODEL = dict(spatial=False, widths=(512, 512, 512), blocks_per_level=1,
+VECTOR_MODEL = dict(spatial=False, patch_size=1, widths=(512, 512, 512), blocks_per_level=1,
                     attention_levels=None, norm_groups=32)
 
 
@@ -115,8 +117,10 @@ def main():
     cmd = [sys.executable, __file__, "--case", name, "--model", args.model]
     if args.steps:
       cmd += ["--steps", str(args.steps)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+      sys.exit(f"case {name} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{r['case']:8} {r['batch']:>5} {r['params']:>11,} {r['samples_per_s']:>10} "
           f"{r['step_s']:>8} {r['compile_s']:>9} {r['xla_peak_mib']!s:>8} "
           f"{r['max_rss_mib']:>8}  {r['device']}")

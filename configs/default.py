@@ -27,7 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
       norm_groups=32,
       se_reduction=4,
       dropout=0.0,
-      dtype="float32",
   ))
 
   config.diffusion = ml_collections.ConfigDict(dict(
@@ -37,23 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
       mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
   ))
 
-  config.optim = ml_collections.ConfigDict(dict(
+  config.optim = ml_collections.ConfigDict(dict(  # make_optimizer's arguments
       learning_rate=2e-4,
       weight_decay=0.0,
       warmup_steps=500,
       clip_norm=1.0,
   ))
 
-  config.sampling = ml_collections.ConfigDict(dict(
-      sampler="ddpm",             # ddpm | ddim
-      steps=500,
-      num_samples=8,
-  ))
-
-  config.train = ml_collections.ConfigDict(dict(
-      batch_size=16,
-      tile=64,
-      steps=20_000,
-      seed=0,
-  ))
   return config

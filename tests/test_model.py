@@ -85,6 +85,15 @@ def test_config_rejects_bad_values():
     tiny_model(3, channel_attention="cross")
 
 
+def test_wrong_channel_count_is_a_clear_error():
+  _, model = tiny_model(5)
+  x = jnp.ones((2, 8, 8, 5))
+  with pytest.raises(ValueError, match=r"expects \[B, H, W, 5\]"):
+    model(jnp.ones((2, 8, 8, 4)), jnp.zeros((2,)), x, jnp.ones((2, 5), bool))
+  with pytest.raises(ValueError, match="observation mask"):
+    model(x, jnp.zeros((2,)), x, jnp.ones((2, 4), bool))
+
+
 def test_from_mapping_turns_lists_into_tuples():
   cfg = ModelConfig.from_mapping({"widths": [8, 16], "blocks_per_level": [1, 2]}, num_channels=4)
   assert cfg.widths == (8, 16) and cfg.blocks_per_level == (1, 2)

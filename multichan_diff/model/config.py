@@ -32,7 +32,6 @@ class ModelConfig:
     norm_groups: GroupNorm groups (capped to a divisor of each width).
     se_reduction: SE bottleneck ratio.
     dropout: dropout rate inside residual blocks.
-    dtype: compute dtype name ('float32' or 'bfloat16'); parameters stay float32.
   """
 
   num_channels: int
@@ -52,7 +51,6 @@ class ModelConfig:
   norm_groups: int = 32
   se_reduction: int = 4
   dropout: float = 0.0
-  dtype: str = "float32"
 
   def __post_init__(self):
     if self.num_channels < 1:

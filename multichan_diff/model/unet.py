@@ -25,6 +25,11 @@ from multichan_diff.model.injection import make_injection
 Context = list[jax.Array] | None  # E_l(c), one [B, H_l, W_l, widths[l]] per level
 
 
+def _check_channels(name: str, x: jax.Array, expected: int):
+  if x.ndim != 4 or x.shape[-1] != expected:
+    raise ValueError(f"{name} has shape {x.shape}; the model expects [B, H, W, {expected}]")
+
+
 class OutputChannelAttention(nnx.Module):
   """y_attn = y + Conv1x1(SE(y)) over the C semantic output channels (eq. 9)."""
 
@@ -151,10 +156,15 @@ class ConditionalUNet(nnx.Module):
     """E(c): cond [B, H, W, Cc] (missing zeroed), observed [B, Cc] -> one map per level."""
     if self.context is None:
       return None
+    _check_channels("condition", cond, self.cfg.condition_channels)
+    if observed.shape != cond.shape[:1] + cond.shape[-1:]:
+      raise ValueError(f"observation mask has shape {observed.shape}, expected "
+                       f"{cond.shape[:1] + cond.shape[-1:]} (batch, condition channels)")
     return self.context(cond, observed)
 
   def denoise(self, x_t: jax.Array, t: jax.Array, ctx: Context) -> jax.Array:
     """x_t [B, H, W, C], t [B], ctx from `encode_condition` -> eps [B, H, W, C]."""
+    _check_channels("x_t", x_t, self.cfg.num_channels)
     temb = timestep_embedding(t, self.cfg.widths[0])
     temb = self.temb2(nnx.silu(self.temb1(temb)))  # [B, 4 * widths[0]]
     p = self.cfg.patch_size

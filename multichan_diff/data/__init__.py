@@ -1,0 +1,1 @@
+"""Users' files to stores to pipelines. Knows no model."""

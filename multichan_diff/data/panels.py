@@ -1,0 +1,123 @@
+"""Channel names: matching across panels, synonyms, and unions of panels.
+
+Names match case- and punctuation-insensitively (`HLA-DR` = `HLADR`, `PD-1` = `PD1`), and
+an explicit name map adds synonyms that no spelling rule can find (`E-cadherin` = `ECAD`,
+`Keratin-pan` = `PanKRT`). A name map is a CSV file with a header `name,alias`; each row
+says that `alias` is another name of `name`, and `name` is the spelling a union keeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from typing import Iterable, Sequence
+
+
+def normalize(name: str) -> str:
+  """The matching key of a channel name: lower case, letters and digits only."""
+  return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class NameMap:
+  """Synonyms: normalised alias -> canonical name."""
+
+  canonical: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> "NameMap":
+    canonical: dict[str, str] = {}
+    for name, alias in pairs:
+      for key in (normalize(name), normalize(alias)):
+        if key in canonical and canonical[key] != name:
+          raise ValueError(f"name map gives {key!r} two names: {canonical[key]!r} and {name!r}")
+        canonical[key] = name
+    return cls(canonical)
+
+  @classmethod
+  def read_csv(cls, path: str | os.PathLike) -> "NameMap":
+    try:
+      with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    except OSError as e:
+      raise ValueError(f"{path}: cannot read the name map ({e.strerror})") from e
+    if not rows or not {"name", "alias"} <= set(rows[0]):
+      raise ValueError(f"{path}: a name map needs a header 'name,alias' and at least one row")
+    bad = [i + 2 for i, r in enumerate(rows) if not r["name"].strip() or not r["alias"].strip()]
+    if bad:
+      raise ValueError(f"{path}: empty name or alias on line(s) {bad}")
+    return cls.from_pairs((r["name"].strip(), r["alias"].strip()) for r in rows)
+
+  def key(self, name: str) -> str:
+    """The key under which `name` and all its synonyms and spellings meet."""
+    k = normalize(name)
+    return normalize(self.canonical.get(k, name))
+
+  def display(self, name: str) -> str:
+    """The canonical spelling of `name` (itself when the map does not know it)."""
+    return self.canonical.get(normalize(name), name)
+
+
+def check_unique(names: Sequence[str], where: str, name_map: NameMap | None = None) -> None:
+  """Rejects a panel in which two channels share a matching key."""
+  name_map = name_map or NameMap()
+  seen: dict[str, str] = {}
+  for n in names:
+    k = name_map.key(n)
+    if not k:
+      raise ValueError(f"{where}: channel name {n!r} has no letters or digits")
+    if k in seen:
+      raise ValueError(f"{where}: channels {seen[k]!r} and {n!r} name the same marker")
+    seen[k] = n
+
+
+def match(requested: Sequence[str], panel: Sequence[str],
+          name_map: NameMap | None = None) -> list[int]:
+  """Indices into `panel` of the `requested` names; unknown names list the panel."""
+  name_map = name_map or NameMap()
+  index = {name_map.key(n): i for i, n in enumerate(panel)}
+  unknown = [r for r in requested if name_map.key(r) not in index]
+  if unknown:
+    raise ValueError(f"unknown channel(s) {unknown}; the panel is: {', '.join(panel)}")
+  return [index[name_map.key(r)] for r in requested]
+
+
+@dataclasses.dataclass(frozen=True)
+class Union:
+  """The union of several panels.
+
+  names: the union's channel names (first spelling seen, or the map's canonical one).
+  indices: per panel, the union index of each of its channels.
+  present: per panel, a [len(names)] bool list of the channels that panel measured.
+  """
+
+  names: list[str]
+  indices: list[list[int]]
+  present: list[list[bool]]
+
+  @property
+  def shared(self) -> list[str]:
+    """Channels every panel measured (the intersection)."""
+    return [n for i, n in enumerate(self.names) if all(p[i] for p in self.present)]
+
+
+def union(panels: Sequence[Sequence[str]], name_map: NameMap | None = None) -> Union:
+  """Union of panels in order of first appearance; each panel must be free of duplicates."""
+  name_map = name_map or NameMap()
+  names: list[str] = []
+  where: dict[str, int] = {}
+  indices = []
+  for i, panel in enumerate(panels):
+    check_unique(panel, f"panel {i}", name_map)
+    idx = []
+    for n in panel:
+      k = name_map.key(n)
+      if k not in where:
+        where[k] = len(names)
+        names.append(name_map.display(n))
+      idx.append(where[k])
+    indices.append(idx)
+  present = [[j in set(idx) for j in range(len(names))] for idx in indices]
+  return Union(names, indices, present)
