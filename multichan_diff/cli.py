@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from multichan_diff import __version__
+
+
+def _names(text: str | None) -> list[str]:
+  return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
+def _prepare_images(args) -> dict:
+  from multichan_diff.data.prepare import prepare_images
+  return prepare_images(
+      args.input, args.out, panel_csv=args.panel, tile=args.tile, stride=args.stride,
+      bin_size=args.bin, bin_how=args.bin_how, transform=args.transform, cofactor=args.cofactor,
+      clip_percentile=args.clip_percentile, test_fovs=_names(args.test_fovs),
+      val_fovs=_names(args.val_fovs), min_signal=args.min_signal, dtype=args.dtype,
+      overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
       prog="multichan-diff",
       description="Controllable diffusion for multi-channel biological data.")
   parser.add_argument("--version", action="version", version=f"multichan-diff {__version__}")
-  parser.add_subparsers(dest="command", metavar="COMMAND")
+  verbs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+  prep = verbs.add_parser("prepare", help="turn users' files into a training store")
+  kinds = prep.add_subparsers(dest="kind", metavar="KIND", required=True)
+  im = kinds.add_parser("images", help="OME-TIFFs, TIFF + panel.csv, or per-FOV TIFF folders")
+  im.add_argument("--input", required=True, help="folder of FOVs")
+  im.add_argument("--out", required=True, help="store to write (a zarr v3 directory)")
+  im.add_argument("--panel", help="steinbock-style panel.csv (channel,name,keep)")
+  im.add_argument("--tile", type=int, default=64)
+  im.add_argument("--stride", type=int, default=None, help="default: the tile size")
+  im.add_argument("--bin", type=int, default=1, help="integer binning before tiling")
+  im.add_argument("--bin-how", choices=("mean", "sum"), default="mean")
+  im.add_argument("--transform", choices=("arcsinh", "log1p", "none"), default="arcsinh")
+  im.add_argument("--cofactor", type=float, default=5.0)
+  im.add_argument("--clip-percentile", type=float, default=99.9)
+  im.add_argument("--test-fovs", help="comma-separated FOV names")
+  im.add_argument("--val-fovs", help="comma-separated FOV names")
+  im.add_argument("--min-signal", type=float, default=0.0,
+                  help="keep tiles whose fraction of pixels with any count is at least this")
+  im.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  im.add_argument("--overwrite", action="store_true")
+  im.set_defaults(func=_prepare_images)
   return parser
 
 
@@ -23,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
   if args.command is None:
     parser.print_help()
     return 0
+  try:
+    result = args.func(args)
+  except (ValueError, FileExistsError) as e:
+    print(f"multichan-diff {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(result))
   return 0
 
 

@@ -45,3 +45,173 @@ def read_panel_csv(path: str | os.PathLike) -> Panel:
     names.append(name)
     keep.append(k == "1")
   return Panel(names, keep)
+
+
+# --- images ------------------------------------------------------------------------------
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclasses.dataclass
+class FOV:
+  """One field of view: counts [C, H, W] float32, its channel names and source files."""
+
+  name: str
+  image: "np.ndarray"
+  channels: list[str]
+  sources: list[str]
+
+
+def _is_tiff(path: str) -> bool:
+  return path.lower().endswith(TIFF_SUFFIXES)
+
+
+def fov_name(path: str) -> str:
+  base = os.path.basename(os.path.normpath(path))
+  for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+    if base.lower().endswith(suffix):
+      return base[: -len(suffix)]
+  return base
+
+
+def _read_tiff(path: str):
+  import tifffile
+  try:
+    with tifffile.TiffFile(path) as tf:
+      series = tf.series[0]
+      return series.asarray(), series.axes, tf.ome_metadata if tf.is_ome else None
+  except Exception as e:  # tifffile raises several types for broken files
+    raise ValueError(f"{path}: cannot read as TIFF ({type(e).__name__}: {e})") from e
+
+
+def _ome_channel_names(xml: str, path: str) -> list[str]:
+  import xml.etree.ElementTree as ET
+  try:
+    root = ET.fromstring(xml)
+  except ET.ParseError as e:
+    raise ValueError(f"{path}: unreadable OME metadata ({e})") from e
+  names = [el.get("Name") or "" for el in root.iter() if el.tag.endswith("}Channel")]
+  if not names or not all(n.strip() for n in names):
+    raise ValueError(f"{path}: the OME metadata does not name every channel")
+  return [n.strip() for n in names]
+
+
+def _check_pixels(image, path: str) -> "np.ndarray":
+  import numpy as np
+  if image.ndim != 3:
+    raise ValueError(f"{path}: expected one 2-D image per channel (C, Y, X), got shape "
+                     f"{image.shape}")
+  if image.size == 0:
+    raise ValueError(f"{path}: the image is empty (shape {image.shape})")
+  image = image.astype(np.float32, copy=False)
+  bad = ~np.isfinite(image)
+  if bad.any():
+    c, y, x = (int(v[0]) for v in np.nonzero(bad))
+    raise ValueError(f"{path}: {int(bad.sum())} NaN or Inf pixel(s), the first at channel "
+                     f"{c}, y {y}, x {x}")
+  if (image < 0).any():
+    raise ValueError(f"{path}: {int((image < 0).sum())} negative pixel(s); counts cannot be "
+                     "negative")
+  return image
+
+
+def read_multichannel_tiff(path: str, panel: Panel | None = None) -> FOV:
+  """An OME-TIFF (names from its metadata) or a multi-page TIFF named by `panel`.
+
+  With a panel, `keep = 0` channels are dropped; for an OME-TIFF the panel's names must
+  agree with the metadata.
+  """
+  image, axes, ome = _read_tiff(path)
+  if image.ndim == 2:
+    image = image[None]
+  elif axes.upper() not in ("CYX", "IYX", "QYX", "SYX"):
+    raise ValueError(f"{path}: expected axes CYX (one 2-D image per channel), got {axes} "
+                     f"with shape {image.shape}")
+  names = _ome_channel_names(ome, path) if ome else None
+  if panel is not None:
+    if len(panel.names) != image.shape[0]:
+      raise ValueError(f"{path}: the panel lists {len(panel.names)} channels but the image has "
+                       f"{image.shape[0]}")
+    if names is not None and [n.lower() for n in names] != [n.lower() for n in panel.names]:
+      diff = [(i, a, b) for i, (a, b) in enumerate(zip(names, panel.names)) if a.lower() != b.lower()]
+      raise ValueError(f"{path}: the OME channel names differ from the panel at "
+                       f"(index, image, panel) {diff[:5]}")
+    names = panel.names
+    keep = [i for i, k in enumerate(panel.keep) if k]
+  elif names is None:
+    raise ValueError(f"{path}: a plain TIFF has no channel names; pass a panel.csv")
+  else:
+    keep = list(range(len(names)))
+  if len(names) != image.shape[0]:
+    raise ValueError(f"{path}: the metadata names {len(names)} channels but the image has "
+                     f"{image.shape[0]}")
+  from multichan_diff.data.panels import check_unique
+  check_unique([names[i] for i in keep], path)
+  image = _check_pixels(image[keep], path)
+  return FOV(fov_name(path), image, [names[i] for i in keep], [path])
+
+
+def read_channel_folder(folder: str, panel: Panel | None = None) -> FOV:
+  """A folder of single-channel TIFFs named by channel (MIBI / ark style)."""
+  import numpy as np
+  files = sorted(f for f in os.listdir(folder) if _is_tiff(f))
+  if not files:
+    raise ValueError(f"{folder}: no TIFF files in this FOV folder")
+  by_name = {fov_name(f): os.path.join(folder, f) for f in files}
+  if panel is not None:
+    wanted = panel.kept
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+      raise ValueError(f"{folder}: no TIFF for panel channel(s) {missing}")
+  else:
+    wanted = list(by_name)
+  from multichan_diff.data.panels import check_unique
+  check_unique(wanted, folder)
+  planes = []
+  for n in wanted:
+    arr, _, _ = _read_tiff(by_name[n])
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+      raise ValueError(f"{by_name[n]}: expected a single 2-D channel, got shape {arr.shape}")
+    planes.append(arr)
+  shapes = {p.shape for p in planes}
+  if len(shapes) > 1:
+    raise ValueError(f"{folder}: channel images differ in size: {sorted(shapes)}")
+  image = _check_pixels(np.stack(planes), folder)
+  return FOV(fov_name(folder), image, wanted, [by_name[n] for n in wanted])
+
+
+def find_fovs(input_dir: str) -> tuple[str, list[str]]:
+  """-> (layout, paths): 'tiff' (one multi-channel TIFF per FOV) or 'folders'."""
+  if not os.path.isdir(input_dir):
+    raise ValueError(f"{input_dir}: not a directory")
+  entries = sorted(os.listdir(input_dir))
+  tiffs = [os.path.join(input_dir, e) for e in entries if _is_tiff(e)]
+  folders = [os.path.join(input_dir, e) for e in entries
+             if os.path.isdir(os.path.join(input_dir, e))
+             and any(_is_tiff(f) for f in os.listdir(os.path.join(input_dir, e)))]
+  if tiffs and folders:
+    raise ValueError(f"{input_dir}: holds both TIFF files and folders of TIFFs; use one layout")
+  if tiffs:
+    return "tiff", tiffs
+  if folders:
+    return "folders", folders
+  raise ValueError(f"{input_dir}: no TIFF files or FOV folders found")
+
+
+def read_image_folder(input_dir: str, panel: Panel | None = None) -> list[FOV]:
+  """All FOVs of a folder in any supported layout, checked to share one panel."""
+  layout, paths = find_fovs(input_dir)
+  if panel is None and os.path.exists(os.path.join(input_dir, "panel.csv")):
+    panel = read_panel_csv(os.path.join(input_dir, "panel.csv"))
+  read = read_multichannel_tiff if layout == "tiff" else read_channel_folder
+  fovs = [read(p, panel) for p in paths]
+  first = fovs[0]
+  for f in fovs[1:]:
+    if [c.lower() for c in f.channels] != [c.lower() for c in first.channels]:
+      raise ValueError(f"{f.sources[0]}: its channels differ from {first.sources[0]}'s "
+                       f"(all FOVs in one folder must share one panel)")
+  names = [f.name for f in fovs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{input_dir}: two FOVs share a name")
+  return fovs

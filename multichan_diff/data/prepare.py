@@ -1,0 +1,101 @@
+"""Users' images to a training store: read, split by FOV, fit transforms on training FOVs,
+tile, write. Each FOV goes to exactly one split, so no tile of a test FOV is ever trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from multichan_diff.data import readers, store
+from multichan_diff.data.transforms import fit_normalizer
+
+SPLITS = ("train", "val", "test")
+
+
+def bin_image(image: np.ndarray, b: int, how: str = "mean") -> np.ndarray:
+  """[H, W, C] -> [H // b, W // b, C] by summing or averaging b x b blocks (edges dropped)."""
+  if b == 1:
+    return image
+  h, w, c = image.shape
+  v = image[: h - h % b, : w - w % b].reshape(h // b, b, w // b, b, c)
+  return v.sum((1, 3)) if how == "sum" else v.mean((1, 3))
+
+
+def tile_origins(h: int, w: int, tile: int, stride: int) -> list[tuple[int, int]]:
+  return [(y, x) for y in range(0, h - tile + 1, stride) for x in range(0, w - tile + 1, stride)]
+
+
+def signal_fraction(counts_tile: np.ndarray) -> float:
+  """Tissue rule: the fraction of a tile's pixels with any positive count in any channel."""
+  return float((counts_tile.sum(-1) > 0).mean())
+
+
+def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, tile: int = 64,
+                   stride: int | None = None, bin_size: int = 1, bin_how: str = "mean",
+                   transform: str = "arcsinh", cofactor: float = 5.0,
+                   clip_percentile: float = 99.9, test_fovs: Sequence[str] = (),
+                   val_fovs: Sequence[str] = (), min_signal: float = 0.0,
+                   dtype: str = "float32", overwrite: bool = False) -> dict:
+  """Writes the store and returns a summary (tiles per split, channels)."""
+  stride = stride or tile
+  if tile < 1 or stride < 1 or bin_size < 1:
+    raise ValueError("tile, stride and bin must be positive integers")
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  panel = readers.read_panel_csv(panel_csv) if panel_csv else None
+  fovs = readers.read_image_folder(input_dir, panel)
+  names = [f.name for f in fovs]
+  for split_names, what in ((test_fovs, "test"), (val_fovs, "validation")):
+    unknown = sorted(set(split_names) - set(names))
+    if unknown:
+      raise ValueError(f"{input_dir}: unknown {what} FOV(s) {unknown}; FOVs are {names}")
+  if set(test_fovs) & set(val_fovs):
+    raise ValueError(f"FOV(s) {sorted(set(test_fovs) & set(val_fovs))} are in both test and val")
+  split_of = {n: "test" if n in test_fovs else "val" if n in val_fovs else "train" for n in names}
+  if "train" not in split_of.values():
+    raise ValueError("every FOV is in test or val; leave at least one for training")
+
+  images = {f.name: bin_image(np.moveaxis(f.image, 0, -1), bin_size, bin_how) for f in fovs}
+  for f in fovs:
+    h, w, _ = images[f.name].shape
+    if tile > min(h, w):
+      raise ValueError(f"{f.sources[0]}: tile {tile} is larger than the image "
+                       f"({h} x {w} after binning by {bin_size})")
+  norm = fit_normalizer([images[n] for n in names if split_of[n] == "train"], kind=transform,
+                        cofactor=cofactor, clip_percentile=clip_percentile)
+
+  records = []  # (fov, y, x)
+  for n in names:
+    im = images[n]
+    for y, x in tile_origins(im.shape[0], im.shape[1], tile, stride):
+      if min_signal <= 0 or signal_fraction(im[y:y + tile, x:x + tile]) >= min_signal:
+        records.append((n, y, x))
+  if not records:
+    raise ValueError(f"{input_dir}: no tile passed the tissue filter (min signal {min_signal})")
+  channels = fovs[0].channels
+  attrs = {
+      "kind": "images", "channels": channels, "tile": tile, "stride": stride,
+      "bin": bin_size, "bin_how": bin_how, "fovs": names,
+      "splits": {s: [n for n in names if split_of[n] == s] for s in SPLITS},
+      "tile_fov": [names.index(r[0]) for r in records],
+      "tile_origin": [[r[1], r[2]] for r in records],
+      "tile_split": [SPLITS.index(split_of[r[0]]) for r in records],
+      "normalizer": norm.to_dict(), "min_signal": min_signal,
+      "sources": [{"path": os.path.abspath(p), "sha256": store.sha256(p)}
+                  for f in fovs for p in f.sources],
+  }
+  with store.atomic_dir(out, overwrite) as tmp:
+    arr = store.create_array(tmp, (len(records), tile, tile, len(channels)), attrs, dtype)
+    batch = []
+    start = 0
+    for i, (n, y, x) in enumerate(records):
+      batch.append(norm.forward(images[n][y:y + tile, x:x + tile]))
+      if len(batch) == 256 or i == len(records) - 1:
+        store.write_samples(arr, np.stack(batch), start)
+        start += len(batch)
+        batch = []
+  counts = {s: sum(1 for r in records if split_of[r[0]] == s) for s in SPLITS}
+  return {"store": os.path.abspath(out), "tiles": counts, "channels": channels}

@@ -1,0 +1,86 @@
+"""Intensity transforms: fit on training FOVs only, applied to every split, invertible.
+
+forward(x) = (clip(t(x), 0, hi) - mean) / std per channel, with t one of arcsinh(x / cofactor),
+log1p(x) or the identity; hi is the channel's `clip_percentile` over training pixels of
+t(x), and mean / std are taken over training pixels after clipping. inverse() maps model
+outputs back to counts (clipped values stay at the clip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+TRANSFORMS = ("arcsinh", "log1p", "none")
+
+
+def _t(x: np.ndarray, kind: str, cofactor: float) -> np.ndarray:
+  if kind == "arcsinh":
+    return np.arcsinh(x / cofactor)
+  if kind == "log1p":
+    return np.log1p(x)
+  return x
+
+
+def _t_inv(y: np.ndarray, kind: str, cofactor: float) -> np.ndarray:
+  if kind == "arcsinh":
+    return np.sinh(y) * cofactor
+  if kind == "log1p":
+    return np.expm1(y)
+  return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """Per-channel transform parameters, stored in a store's attributes."""
+
+  kind: str
+  cofactor: float
+  clip: list[float]
+  mean: list[float]
+  std: list[float]
+
+  def forward(self, x: np.ndarray) -> np.ndarray:
+    """Counts [..., C] -> normalised values [..., C] float32."""
+    y = np.clip(_t(x.astype(np.float32), self.kind, self.cofactor), 0.0,
+                np.asarray(self.clip, np.float32))
+    return ((y - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(
+        np.float32)
+
+  def inverse(self, z: np.ndarray) -> np.ndarray:
+    """Normalised values [..., C] -> counts [..., C] (never negative)."""
+    y = z * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+    y = np.clip(y, 0.0, np.asarray(self.clip, np.float32))
+    return _t_inv(y, self.kind, self.cofactor).astype(np.float32)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Normalizer":
+    return cls(**d)
+
+
+def fit_normalizer(images: Sequence[np.ndarray], *, kind: str = "arcsinh", cofactor: float = 5.0,
+                   clip_percentile: float = 99.9, max_pixels: int = 2_000_000,
+                   seed: int = 0) -> Normalizer:
+  """Fits on training images, each [H, W, C] counts; percentiles on a pixel subsample."""
+  if kind not in TRANSFORMS:
+    raise ValueError(f"unknown transform {kind!r}; choose from {TRANSFORMS}")
+  if not 0 < clip_percentile <= 100:
+    raise ValueError(f"clip percentile must be in (0, 100], got {clip_percentile}")
+  rng = np.random.default_rng(seed)
+  c = images[0].shape[-1]
+  pix = np.concatenate([im.reshape(-1, c) for im in images])
+  if len(pix) > max_pixels:
+    pix = pix[rng.choice(len(pix), max_pixels, replace=False)]
+  y = _t(pix.astype(np.float32), kind, cofactor)
+  hi = np.percentile(y, clip_percentile, axis=0)
+  hi = np.where(hi > 0, hi, np.maximum(y.max(0), 1e-6))  # a sparse channel keeps its range
+  y = np.clip(y, 0.0, hi)
+  mean, std = y.mean(0), y.std(0)
+  std = np.where(std > 1e-6, std, 1.0)
+  return Normalizer(kind, float(cofactor), hi.astype(float).tolist(), mean.astype(float).tolist(),
+                    std.astype(float).tolist())

@@ -1,0 +1,166 @@
+"""`prepare images` on the real MIBI folders and on the other layouts, plus bad input."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tifffile
+
+from multichan_diff.cli import main
+from multichan_diff.data import store
+from multichan_diff.data.prepare import bin_image, prepare_images
+from multichan_diff.data.readers import read_image_folder
+from multichan_diff.data.transforms import Normalizer, fit_normalizer
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+DCIS = DATA / "mibi_dcis"
+
+
+@pytest.fixture(scope="module")
+def dcis_fovs():
+  return read_image_folder(str(DCIS))
+
+
+def test_prepare_real_folder_splits_by_fov_and_fits_on_train(tmp_path, dcis_fovs):
+  out = tmp_path / "dcis.zarr"
+  summary = prepare_images(str(DCIS), str(out), tile=32, bin_size=8, test_fovs=["Point2206"],
+                           val_fovs=["Point2204"])
+  assert summary["tiles"] == {"train": 16, "val": 16, "test": 16}
+  arr = store.open_array(str(out))
+  attrs = store.attributes(arr)
+  assert arr.shape == (48, 32, 32, 40)
+  assert len(attrs["channels"]) == 40 and "P" not in attrs["channels"]  # keep=0 dropped
+  fovs, split = np.array(attrs["tile_fov"]), np.array(attrs["tile_split"])
+  for f in range(3):  # every tile of a FOV in one split
+    assert len(set(split[fovs == f])) == 1
+  assert attrs["splits"] == {"train": ["Point2203"], "val": ["Point2204"], "test": ["Point2206"]}
+  assert all(len(s["sha256"]) == 64 for s in attrs["sources"])
+  # Statistics come from the training FOV alone.
+  train = bin_image(np.moveaxis(dcis_fovs[0].image, 0, -1), 8)
+  expected = fit_normalizer([train])
+  norm = Normalizer.from_dict(attrs["normalizer"])
+  np.testing.assert_allclose(norm.mean, expected.mean, rtol=1e-5)
+  # Tile 0 is FOV 0 at the origin, stored normalised; the inverse gives counts back.
+  t0 = arr[0].read().result()
+  np.testing.assert_allclose(t0, norm.forward(train[:32, :32]), rtol=1e-6)
+  back = norm.inverse(t0)
+  inside = train[:32, :32] <= np.sinh(np.asarray(norm.clip)) * norm.cofactor
+  np.testing.assert_allclose(back[inside], train[:32, :32][inside], rtol=1e-3, atol=1e-3)
+
+
+def test_tissue_filter_drops_empty_tiles(tmp_path):
+  image = np.zeros((3, 64, 64), np.uint16)
+  image[:, :32, :32] = 5  # tissue in the top-left tile only
+  d = tmp_path / "in"
+  d.mkdir()
+  tifffile.imwrite(d / "A.ome.tiff", image, metadata={"axes": "CYX",
+                                                      "Channel": {"Name": ["x", "y", "z"]}})
+  s = prepare_images(str(d), str(tmp_path / "o.zarr"), tile=32, min_signal=0.5)
+  assert s["tiles"]["train"] == 1
+
+
+def _write_layouts(root, fovs):
+  """The same FOVs as multi-page TIFFs + panel.csv, and as folders of channel TIFFs."""
+  multi, folders = root / "multi", root / "folders"
+  multi.mkdir()
+  folders.mkdir()
+  for f in fovs:
+    small = f.image[:, :128, :128].astype(np.uint16)
+    tifffile.imwrite(multi / f"{f.name}.tif", small)
+    (folders / f.name).mkdir()
+    for c, plane in zip(f.channels, small):
+      tifffile.imwrite(folders / f.name / f"{c}.tiff", plane)
+  (multi / "panel.csv").write_text(
+      "channel,name,keep\n" + "".join(f"{i},{c},1\n" for i, c in enumerate(fovs[0].channels)))
+  return multi, folders
+
+
+def test_three_layouts_give_the_same_store(tmp_path, dcis_fovs):
+  multi, folders = _write_layouts(tmp_path, dcis_fovs)
+  ome = tmp_path / "ome"
+  ome.mkdir()
+  for f in dcis_fovs:
+    tifffile.imwrite(ome / f"{f.name}.ome.tiff", f.image[:, :128, :128].astype(np.uint16),
+                     metadata={"axes": "CYX", "Channel": {"Name": f.channels}})
+  arrays = []
+  for d in (ome, multi, folders):
+    out = tmp_path / f"{d.name}.zarr"
+    prepare_images(str(d), str(out), tile=64, test_fovs=["Point2206"])
+    arrays.append(store.open_array(str(out)).read().result())
+    assert store.attributes(store.open_array(str(out)))["channels"] == dcis_fovs[0].channels
+  np.testing.assert_array_equal(arrays[0], arrays[1])
+  np.testing.assert_array_equal(arrays[0], arrays[2])
+
+
+def _cli_fails(args, capsys, match):
+  rc = main(args)
+  err = capsys.readouterr().err
+  assert rc != 0 and match in err, err
+  return err
+
+
+def _ome(path, image, names):
+  tifffile.imwrite(path, image, metadata={"axes": "CYX", "Channel": {"Name": names}})
+
+
+def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys):
+  d = tmp_path / "in"
+  d.mkdir()
+  out = tmp_path / "out.zarr"
+  base = ["prepare", "images", "--input", str(d), "--out", str(out), "--tile", "16"]
+  img = np.ones((3, 32, 32), np.float32)
+
+  _ome(d / "A.ome.tiff", img, ["CD3", "CD4", "CD8"])
+  (d / "panel.csv").write_text("channel,name,keep\n0,CD3,1\n1,CD4,1\n")
+  _cli_fails(base, capsys, "A.ome.tiff: the panel lists 2 channels but the image has 3")
+  (d / "panel.csv").unlink()
+
+  _ome(d / "A.ome.tiff", img, ["CD3", "CD-3", "CD8"])
+  _cli_fails(base, capsys, "A.ome.tiff: channels 'CD3' and 'CD-3' name the same marker")
+
+  nan = img.copy()
+  nan[1, 4, 5] = np.nan
+  _ome(d / "A.ome.tiff", nan, ["CD3", "CD4", "CD8"])
+  _cli_fails(base, capsys, "1 NaN or Inf pixel(s), the first at channel 1, y 4, x 5")
+
+  neg = img.copy()
+  neg[0, 0, 0] = -1
+  _ome(d / "A.ome.tiff", neg, ["CD3", "CD4", "CD8"])
+  _cli_fails(base, capsys, "negative pixel")
+
+  tifffile.imwrite(d / "A.ome.tiff", np.ones((2, 3, 8, 8), np.float32),
+                   metadata={"axes": "ZCYX"})
+  _cli_fails(base, capsys, "A.ome.tiff: expected axes CYX")
+
+  _ome(d / "A.ome.tiff", img, ["CD3", "CD4", "CD8"])
+  _ome(d / "B.ome.tiff", img, ["CD3", "CD4", "CD20"])
+  _cli_fails(base, capsys, "B.ome.tiff: its channels differ from")
+  (d / "B.ome.tiff").unlink()
+
+  _cli_fails(base[:-1] + ["64"], capsys, "tile 64 is larger than the image (32 x 32")
+
+  (d / "C.ome.tiff").write_bytes(b"not a tiff")
+  _cli_fails(base, capsys, "C.ome.tiff: cannot read as TIFF")
+  (d / "C.ome.tiff").unlink()
+
+  _cli_fails(base + ["--test-fovs", "Z"], capsys, "unknown test FOV(s) ['Z']")
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  _cli_fails(["prepare", "images", "--input", str(empty), "--out", str(out)], capsys,
+             "no TIFF files or FOV folders found")
+
+  # Nothing was left behind by any failure.
+  assert not out.exists()
+  assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+  # A good run, then a refusal to overwrite without --overwrite, then a replacement.
+  assert main(base) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["tiles"]["train"] == 4
+  _cli_fails(base, capsys, "already exists; pass --overwrite")
+  assert main(base + ["--overwrite", "--tile", "32"]) == 0
+  assert store.open_array(str(out)).shape == (1, 32, 32, 3)
