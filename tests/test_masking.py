@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from multichan_diff.diffusion.masking import mask_condition, sample_observed
+from multichan_diff.diffusion.masking import mask_condition, sample_observed, sample_observed_np
 
 
 def _present(seed, b=512, c=9):
@@ -18,10 +18,19 @@ def _present(seed, b=512, c=9):
   return jnp.asarray(present)
 
 
+def _jax(present, p, seed=1):
+  return np.asarray(sample_observed(jax.random.key(seed), jnp.asarray(present), p))
+
+
+def _numpy(present, p, seed=1):
+  return sample_observed_np(np.random.default_rng(seed), np.asarray(present), p)
+
+
+@pytest.mark.parametrize("draw", [_jax, _numpy])
 @pytest.mark.parametrize("p", [0.5, 0.02, 0.98, (0.1, 0.9)])
-def test_observed_count_bounds_and_absent_never_observed(p):
+def test_observed_count_bounds_and_absent_never_observed(p, draw):
   present = _present(0)
-  obs = np.asarray(sample_observed(jax.random.key(1), present, p))
+  obs = draw(present, p)
   pres = np.asarray(present)
   assert not (obs & ~pres).any()  # absent channels never count as observed
   n_pres, n_obs = pres.sum(1), obs.sum(1)
@@ -30,13 +39,14 @@ def test_observed_count_bounds_and_absent_never_observed(p):
   assert (n_obs[n_pres == 0] == 0).all()
 
 
-def test_observation_rate_follows_p():
-  present = jnp.ones((4000, 20), bool)
+@pytest.mark.parametrize("draw", [_jax, _numpy])
+def test_observation_rate_follows_p(draw):
+  present = np.ones((4000, 20), bool)
   for p in [0.2, 0.5, 0.8]:
-    rate = float(sample_observed(jax.random.key(0), present, p).mean())
+    rate = float(draw(present, p).mean())
     assert abs(rate - p) < 0.02, (p, rate)
   # A per-sample range: the per-sample rates spread over it.
-  rates = np.asarray(sample_observed(jax.random.key(0), present, (0.1, 0.9)).mean(1))
+  rates = draw(present, (0.1, 0.9)).mean(1)
   assert rates.min() < 0.25 and rates.max() > 0.75
 
 
@@ -46,6 +56,9 @@ def test_same_key_same_mask_and_keys_differ():
   b = sample_observed(jax.random.key(7), present, 0.5)
   c = sample_observed(jax.random.key(8), present, 0.5)
   assert jnp.array_equal(a, b) and not jnp.array_equal(a, c)
+  present = np.asarray(present)
+  assert np.array_equal(_numpy(present, 0.5, 7), _numpy(present, 0.5, 7))
+  assert not np.array_equal(_numpy(present, 0.5, 7), _numpy(present, 0.5, 8))
 
 
 def test_masked_channels_are_exactly_zero_and_observed_pass_through():

@@ -1,0 +1,106 @@
+"""grain input pipeline: store -> shuffle -> random channel mask -> batch -> host shard.
+
+Each record is a dict: `x0` [H, W, C] float32, `present` [C] bool (the channels its
+dataset measured) and `observed` [C] bool (the random mask of Algorithm 1, drawn from the
+record's own seed, so a run is reproducible and a restored iterator resumes exactly).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from multichan_diff.data import store
+from multichan_diff.data.prepare import SPLITS
+from multichan_diff.diffusion.masking import sample_observed_np
+
+
+class StoreSource(grain.sources.RandomAccessDataSource):
+  """Random access to one split of a store. Opened lazily, picklable, thread-safe."""
+
+  def __init__(self, path: str, split: str | None = "train"):
+    self.path = os.path.abspath(path)
+    self._array = None
+    self._lock = threading.Lock()
+    attrs = store.attributes(store.open_array(self.path))
+    self.channels: list[str] = attrs["channels"]
+    if split is None:
+      self.indices = np.arange(len(attrs["tile_split"]))
+    else:
+      if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+      self.indices = np.flatnonzero(np.asarray(attrs["tile_split"]) == SPLITS.index(split))
+      if not len(self.indices):
+        raise ValueError(f"{self.path}: the {split} split has no samples")
+    # Per-sample present masks (union stores); single-panel stores measured everything.
+    present = attrs.get("tile_present")
+    self.present = (np.asarray(present, bool)[self.indices] if present is not None
+                    else np.ones((len(self.indices), len(self.channels)), bool))
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_array"] = None
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def _open(self):
+    if self._array is None:
+      with self._lock:
+        if self._array is None:
+          self._array = store.open_array(self.path)
+    return self._array
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    x0 = self._open()[int(self.indices[i])].read().result()
+    return {"x0": np.asarray(x0, np.float32), "present": self.present[i]}
+
+
+class RandomChannelMask(grain.transforms.RandomMap):
+  """Algorithm 1 per record: each present channel observed with probability p."""
+
+  def __init__(self, p: float | tuple[float, float]):
+    self.p = tuple(p) if isinstance(p, (list, tuple)) else float(p)
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    return {**record, "observed": sample_observed_np(rng, record["present"], self.p)}
+
+
+def make_dataset(path: str, split: str = "train", *, global_batch_size: int, seed: int = 0,
+                 mask_p: float | tuple[float, float] = (0.1, 0.9), shuffle: bool = True,
+                 num_epochs: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.MapDataset:
+  """The batched MapDataset of this host's share: global_batch_size / process_count per batch."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if global_batch_size % pc:
+    raise ValueError(f"global batch {global_batch_size} does not split over {pc} hosts")
+  ds = grain.MapDataset.source(StoreSource(path, split))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  ds = ds.random_map(RandomChannelMask(mask_p), seed=seed)
+  ds = ds[pi::pc]
+  return ds.batch(global_batch_size // pc, drop_remainder=True)
+
+
+def make_iterator(dataset: grain.MapDataset, num_threads: int = 8, prefetch: int = 64):
+  """A checkpointable iterator (`get_state` / `set_state`) reading with in-process threads."""
+  return iter(dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """This host's batch -> global arrays laid out by `sharding` (batch axis over devices)."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
