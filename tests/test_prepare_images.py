@@ -29,11 +29,11 @@ def test_prepare_real_folder_splits_by_fov_and_fits_on_train(tmp_path, dcis_fovs
   summary = prepare_images(str(DCIS), str(out), tile=32, bin_size=8, test_fovs=["Point2206"],
                            val_fovs=["Point2204"])
   assert summary["tiles"] == {"train": 16, "val": 16, "test": 16}
-  arr = store.open_array(str(out))
-  attrs = store.attributes(arr)
+  arr = store.open_array(str(out), "x0")
+  attrs = store.read_attributes(str(out))
   assert arr.shape == (48, 32, 32, 40)
   assert len(attrs["channels"]) == 40 and "P" not in attrs["channels"]  # keep=0 dropped
-  fovs, split = np.array(attrs["tile_fov"]), np.array(attrs["tile_split"])
+  fovs, split = np.array(attrs["tile_fov"]), np.array(attrs["sample_split"])
   for f in range(3):  # every tile of a FOV in one split
     assert len(set(split[fovs == f])) == 1
   assert attrs["splits"] == {"train": ["Point2203"], "val": ["Point2204"], "test": ["Point2206"]}
@@ -89,8 +89,8 @@ def test_three_layouts_give_the_same_store(tmp_path, dcis_fovs):
   for d in (ome, multi, folders):
     out = tmp_path / f"{d.name}.zarr"
     prepare_images(str(d), str(out), tile=64, test_fovs=["Point2206"])
-    arrays.append(store.open_array(str(out)).read().result())
-    assert store.attributes(store.open_array(str(out)))["channels"] == dcis_fovs[0].channels
+    arrays.append(store.open_array(str(out), "x0").read().result())
+    assert store.read_attributes(str(out))["channels"] == dcis_fovs[0].channels
   np.testing.assert_array_equal(arrays[0], arrays[1])
   np.testing.assert_array_equal(arrays[0], arrays[2])
 
@@ -163,4 +163,4 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys):
   assert summary["tiles"]["train"] == 4
   _cli_fails(base, capsys, "already exists; pass --overwrite")
   assert main(base + ["--overwrite", "--tile", "32"]) == 0
-  assert store.open_array(str(out)).shape == (1, 32, 32, 3)
+  assert store.open_array(str(out), "x0").shape == (1, 32, 32, 3)

@@ -25,26 +25,28 @@ class StoreSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, path: str, split: str | None = "train"):
     self.path = os.path.abspath(path)
-    self._array = None
+    self._arrays = None
     self._lock = threading.Lock()
-    attrs = store.attributes(store.open_array(self.path))
+    attrs = store.read_attributes(self.path)
+    self.kind = attrs["kind"]
+    self.fields = ["x0", "cond"] if self.kind == "cells" else ["x0"]
     self.channels: list[str] = attrs["channels"]
     if split is None:
-      self.indices = np.arange(len(attrs["tile_split"]))
+      self.indices = np.arange(len(attrs["sample_split"]))
     else:
       if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-      self.indices = np.flatnonzero(np.asarray(attrs["tile_split"]) == SPLITS.index(split))
+      self.indices = np.flatnonzero(np.asarray(attrs["sample_split"]) == SPLITS.index(split))
       if not len(self.indices):
         raise ValueError(f"{self.path}: the {split} split has no samples")
     # Per-sample present masks (union stores); single-panel stores measured everything.
-    present = attrs.get("tile_present")
+    present = attrs.get("sample_present")
     self.present = (np.asarray(present, bool)[self.indices] if present is not None
                     else np.ones((len(self.indices), len(self.channels)), bool))
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    state["_array"] = None
+    state["_arrays"] = None
     del state["_lock"]
     return state
 
@@ -53,18 +55,21 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     self._lock = threading.Lock()
 
   def _open(self):
-    if self._array is None:
+    if self._arrays is None:
       with self._lock:
-        if self._array is None:
-          self._array = store.open_array(self.path)
-    return self._array
+        if self._arrays is None:
+          self._arrays = {f: store.open_array(self.path, f) for f in self.fields}
+    return self._arrays
 
   def __len__(self) -> int:
     return len(self.indices)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    x0 = self._open()[int(self.indices[i])].read().result()
-    return {"x0": np.asarray(x0, np.float32), "present": self.present[i]}
+    j = int(self.indices[i])
+    arrays = self._open()
+    record = {f: np.asarray(arrays[f][j].read().result(), np.float32) for f in self.fields}
+    record["present"] = self.present[i]
+    return record
 
 
 class RandomChannelMask(grain.transforms.RandomMap):
@@ -86,11 +91,13 @@ def make_dataset(path: str, split: str = "train", *, global_batch_size: int, see
   pc = jax.process_count() if process_count is None else process_count
   if global_batch_size % pc:
     raise ValueError(f"global batch {global_batch_size} does not split over {pc} hosts")
-  ds = grain.MapDataset.source(StoreSource(path, split))
+  source = StoreSource(path, split)
+  ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.random_map(RandomChannelMask(mask_p), seed=seed)
+  if source.kind == "images":  # cells: genes always observed, proteins always predicted
+    ds = ds.random_map(RandomChannelMask(mask_p), seed=seed)
   ds = ds[pi::pc]
   return ds.batch(global_batch_size // pc, drop_remainder=True)
 

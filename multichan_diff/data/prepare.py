@@ -82,13 +82,14 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
       "splits": {s: [n for n in names if split_of[n] == s] for s in SPLITS},
       "tile_fov": [names.index(r[0]) for r in records],
       "tile_origin": [[r[1], r[2]] for r in records],
-      "tile_split": [SPLITS.index(split_of[r[0]]) for r in records],
+      "sample_split": [SPLITS.index(split_of[r[0]]) for r in records],
       "normalizer": norm.to_dict(), "min_signal": min_signal,
       "sources": [{"path": os.path.abspath(p), "sha256": store.sha256(p)}
                   for f in fovs for p in f.sources],
   }
   with store.atomic_dir(out, overwrite) as tmp:
-    arr = store.create_array(tmp, (len(records), tile, tile, len(channels)), attrs, dtype)
+    store.create_group(tmp, attrs)
+    arr = store.create_array(tmp, "x0", (len(records), tile, tile, len(channels)), dtype)
     batch = []
     start = 0
     for i, (n, y, x) in enumerate(records):

@@ -1,4 +1,6 @@
-"""Zarr v3 stores through tensorstore: [N, H, W, C] samples plus JSON attributes.
+"""Zarr v3 stores through tensorstore: a group whose attributes describe the data, with
+one array per field of a sample: `x0` [N, H, W, C] (the target panel) and, for cells,
+`cond` [N, 1, 1, G] (the genes).
 
 Stores are written to a temporary sibling path and renamed into place only when complete,
 so a failed run leaves nothing half-written and an existing store is replaced atomically.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -54,27 +57,44 @@ def atomic_dir(out: str, overwrite: bool = False) -> Iterator[str]:
     os.rename(tmp, out)
 
 
-def create_array(path: str, shape: tuple[int, ...], attributes: dict[str, Any],
+def create_group(path: str, attributes: dict[str, Any]) -> None:
+  """A zarr v3 group: the store's root, holding its attributes."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "zarr.json"), "w") as f:
+    json.dump({"zarr_format": 3, "node_type": "group", "attributes": attributes}, f)
+
+
+def create_array(group: str, name: str, shape: tuple[int, ...],
                  dtype: str = "float32") -> ts.TensorStore:
-  """A new zarr v3 array, one sample ([1, H, W, C]) per chunk."""
+  """A new zarr v3 array `group/name`, one sample ([1, ...]) per chunk."""
   if dtype not in DTYPES:
     raise ValueError(f"unknown store dtype {dtype!r}; choose from {sorted(DTYPES)}")
-  spec = {**_spec(path), "create": True, "metadata": {
+  spec = {**_spec(os.path.join(group, name)), "create": True, "metadata": {
       "shape": list(shape), "data_type": DTYPES[dtype],
       "chunk_grid": {"name": "regular",
-                     "configuration": {"chunk_shape": [1, *shape[1:]]}},
-      "attributes": attributes}}
+                     "configuration": {"chunk_shape": [1, *shape[1:]]}}}}
   return ts.open(spec).result()
 
 
-def open_array(path: str) -> ts.TensorStore:
-  if not os.path.exists(os.path.join(path, "zarr.json")):
-    raise ValueError(f"{path}: not a multichan_diff store (no zarr.json)")
-  return ts.open(_spec(path), open=True).result()
+def read_attributes(path: str) -> dict[str, Any]:
+  """The attributes of the store at `path`, with a clear error when it is not one."""
+  meta = os.path.join(path, "zarr.json")
+  try:
+    with open(meta) as f:
+      group = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not a multichan_diff store ({meta} unreadable: {e})") from e
+  attrs = group.get("attributes", {})
+  if group.get("node_type") != "group" or "kind" not in attrs:
+    raise ValueError(f"{path}: not a multichan_diff store (no store attributes)")
+  return attrs
 
 
-def attributes(array: ts.TensorStore) -> dict[str, Any]:
-  return dict(array.spec().to_json()["metadata"].get("attributes", {}))
+def open_array(path: str, name: str) -> ts.TensorStore:
+  try:
+    return ts.open(_spec(os.path.join(path, name)), open=True).result()
+  except ValueError as e:
+    raise ValueError(f"{path}: the store has no readable array {name!r} ({e})") from e
 
 
 def write_samples(array: ts.TensorStore, samples: np.ndarray, start: int) -> None:
