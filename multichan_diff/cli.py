@@ -23,6 +23,20 @@ def _prepare_images(args) -> dict:
       overwrite=args.overwrite)
 
 
+def _prepare_citeseq(args) -> dict:
+  from multichan_diff.data.prepare_cells import prepare_citeseq
+  return prepare_citeseq(
+      args.input, args.out, protein_key=args.protein_key, genes=args.genes,
+      rna_norm=args.rna_norm, protein_norm=args.protein_norm, test_fraction=args.test_fraction,
+      val_fraction=args.val_fraction, split_by=args.split_by, seed=args.seed,
+      overwrite=args.overwrite)
+
+
+def _prepare_union(args) -> dict:
+  from multichan_diff.data.prepare import prepare_union
+  return prepare_union(args.stores, args.out, name_map=args.name_map, overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="multichan-diff",
@@ -50,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
   im.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   im.add_argument("--overwrite", action="store_true")
   im.set_defaults(func=_prepare_images)
+
+  cs = kinds.add_parser("citeseq", help="AnnData .h5ad or MuData .h5mu: genes -> proteins")
+  cs.add_argument("--input", required=True)
+  cs.add_argument("--out", required=True)
+  cs.add_argument("--protein-key", default="protein_counts", help="obsm key of the proteins")
+  cs.add_argument("--genes", default="hvg:2000", help="hvg:N, all, or a file of gene names")
+  cs.add_argument("--rna-norm", default="log1p_cp10k", choices=("log1p_cp10k",))
+  cs.add_argument("--protein-norm", default="clr", choices=("clr",))
+  cs.add_argument("--test-fraction", type=float, default=0.2)
+  cs.add_argument("--val-fraction", type=float, default=0.1)
+  cs.add_argument("--split-by", help="obs column whose groups go whole to the test split")
+  cs.add_argument("--seed", type=int, default=0)
+  cs.add_argument("--overwrite", action="store_true")
+  cs.set_defaults(func=_prepare_citeseq)
+
+  un = kinds.add_parser("union", help="join image stores over the union of their panels")
+  un.add_argument("stores", nargs="+")
+  un.add_argument("--out", required=True)
+  un.add_argument("--name-map", help="CSV 'name,alias' of synonyms across panels")
+  un.add_argument("--overwrite", action="store_true")
+  un.set_defaults(func=_prepare_union)
   return parser
 
 

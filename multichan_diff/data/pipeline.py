@@ -39,10 +39,12 @@ class StoreSource(grain.sources.RandomAccessDataSource):
       self.indices = np.flatnonzero(np.asarray(attrs["sample_split"]) == SPLITS.index(split))
       if not len(self.indices):
         raise ValueError(f"{self.path}: the {split} split has no samples")
-    # Per-sample present masks (union stores); single-panel stores measured everything.
-    present = attrs.get("sample_present")
-    self.present = (np.asarray(present, bool)[self.indices] if present is not None
-                    else np.ones((len(self.indices), len(self.channels)), bool))
+    # Union stores: each sample's panel says which channels it measured.
+    if "panel_present" in attrs:
+      panel = np.asarray(attrs["sample_panel"])[self.indices]
+      self.present = np.asarray(attrs["panel_present"], bool)[panel]
+    else:
+      self.present = np.ones((len(self.indices), len(self.channels)), bool)
 
   def __getstate__(self):
     state = dict(self.__dict__)

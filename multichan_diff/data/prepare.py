@@ -100,3 +100,52 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
         batch = []
   counts = {s: sum(1 for r in records if split_of[r[0]] == s) for s in SPLITS}
   return {"store": os.path.abspath(out), "tiles": counts, "channels": channels}
+
+
+def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = None,
+                  overwrite: bool = False) -> dict:
+  """Image stores with different panels -> one store over the union of their channels.
+
+  Channels are matched by `panels.union` (spelling-insensitive, plus the name map). Each
+  sample keeps its values on its own panel's channels, zeros elsewhere, and its panel's
+  `present` mask; each panel keeps its own normaliser and FOV splits.
+  """
+  from multichan_diff.data import panels
+  if len(stores) < 2:
+    raise ValueError("a union needs at least two stores")
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  nmap = panels.NameMap.read_csv(name_map) if name_map else panels.NameMap()
+  attrs = [store.read_attributes(s) for s in stores]
+  for s, a in zip(stores, attrs):
+    if a["kind"] != "images":
+      raise ValueError(f"{s}: only image stores can be joined (this one holds {a['kind']})")
+    if a["tile"] != attrs[0]["tile"]:
+      raise ValueError(f"{s}: tile {a['tile']} differs from {stores[0]}'s {attrs[0]['tile']}")
+  u = panels.union([a["channels"] for a in attrs], nmap)
+  arrays = [store.open_array(s, "x0") for s in stores]
+  n = sum(a.shape[0] for a in arrays)
+  tile = attrs[0]["tile"]
+  union_attrs = {
+      "kind": "images", "channels": u.names, "tile": tile, "union_of": [
+          {"store": os.path.abspath(s), "channels": a["channels"], "fovs": a["fovs"],
+           "normalizer": a["normalizer"], "channel_index": idx}
+          for s, a, idx in zip(stores, attrs, u.indices)],
+      "panel_present": u.present,
+      "sample_panel": [i for i, a in enumerate(arrays) for _ in range(a.shape[0])],
+      "sample_split": [v for a in attrs for v in a["sample_split"]],
+      "sources": [src for a in attrs for src in a["sources"]],
+  }
+  with store.atomic_dir(out, overwrite) as tmp:
+    store.create_group(tmp, union_attrs)
+    dst = store.create_array(tmp, "x0", (n, tile, tile, len(u.names)))
+    start = 0
+    for arr, idx in zip(arrays, u.indices):
+      for lo in range(0, arr.shape[0], 256):
+        block = arr[lo:min(lo + 256, arr.shape[0])].read().result()
+        full = np.zeros(block.shape[:-1] + (len(u.names),), np.float32)
+        full[..., idx] = block
+        store.write_samples(dst, full, start)
+        start += len(block)
+  return {"store": os.path.abspath(out), "channels": len(u.names), "shared": u.shared,
+          "samples": n}

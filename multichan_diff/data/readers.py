@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,3 +216,81 @@ def read_image_folder(input_dir: str, panel: Panel | None = None) -> list[FOV]:
   if len(set(names)) != len(names):
     raise ValueError(f"{input_dir}: two FOVs share a name")
   return fovs
+
+
+# --- cells -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Cells:
+  """Paired counts of one CITE-seq experiment: rna [N, G] (sparse or dense), protein [N, P]."""
+
+  rna: Any
+  genes: list[str]
+  protein: "np.ndarray"
+  proteins: list[str]
+  obs: Any  # pandas DataFrame of per-cell annotations
+  cell_ids: list[str]
+  source: str
+
+
+def _protein_from_obsm(adata, key: str, path: str):
+  import numpy as np
+  if key not in adata.obsm:
+    raise ValueError(f"{path}: no obsm[{key!r}] with protein counts; obsm has "
+                     f"{sorted(adata.obsm.keys())} (choose one with --protein-key)")
+  prot = adata.obsm[key]
+  if hasattr(prot, "columns"):
+    return np.asarray(prot.to_numpy(), np.float32), [str(c) for c in prot.columns]
+  for names_key in (f"{key}_names", "protein_names"):
+    if names_key in adata.uns:
+      names = [str(n) for n in adata.uns[names_key]]
+      return np.asarray(prot, np.float32), names
+  raise ValueError(f"{path}: obsm[{key!r}] is an array without names; put them in "
+                   f"uns['{key}_names']")
+
+
+def read_cells(path: str, protein_key: str = "protein_counts") -> Cells:
+  """An AnnData .h5ad (proteins in obsm) or a MuData .h5mu (modalities 'rna' and 'prot')."""
+  import anndata
+  import numpy as np
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such file")
+  try:
+    if path.lower().endswith(".h5mu"):
+      import h5py
+      with h5py.File(path, "r") as f:
+        mods = sorted(f["mod"].keys()) if "mod" in f else []
+        if not {"rna", "prot"} <= set(mods):
+          raise ValueError(f"{path}: a MuData file needs modalities 'rna' and 'prot'; it has "
+                           f"{mods}")
+        rna = anndata.io.read_elem(f["mod/rna"])
+        prot = anndata.io.read_elem(f["mod/prot"])
+      common = rna.obs_names.intersection(prot.obs_names)
+      rna, prot = rna[common], prot[common]
+      protein = prot.X.toarray() if hasattr(prot.X, "toarray") else np.asarray(prot.X)
+      protein, proteins = np.asarray(protein, np.float32), [str(n) for n in prot.var_names]
+      adata = rna
+    else:
+      adata = anndata.read_h5ad(path)
+      protein, proteins = _protein_from_obsm(adata, protein_key, path)
+  except ValueError:
+    raise
+  except Exception as e:
+    raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+  if adata.n_obs == 0:
+    raise ValueError(f"{path}: the file has zero cells")
+  if adata.n_vars == 0:
+    raise ValueError(f"{path}: the file has zero genes")
+  if protein.shape[1] == 0:
+    raise ValueError(f"{path}: the file has zero proteins")
+  from multichan_diff.data.panels import check_unique
+  check_unique(proteins, f"{path} (proteins)")
+  x = adata.X
+  values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
+  for what, v in (("RNA", values), ("protein", protein)):
+    if not np.all(np.isfinite(v)):
+      raise ValueError(f"{path}: {int((~np.isfinite(v)).sum())} NaN or Inf {what} count(s)")
+    if (v < 0).any():
+      raise ValueError(f"{path}: {int((v < 0).sum())} negative {what} count(s)")
+  return Cells(x, [str(g) for g in adata.var_names], protein, proteins, adata.obs,
+               [str(c) for c in adata.obs_names], path)

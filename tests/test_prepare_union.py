@@ -1,0 +1,48 @@
+"""`prepare union` of the two real MIBI panels."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from multichan_diff.cli import main
+from multichan_diff.data import store
+from multichan_diff.data.pipeline import make_dataset, make_iterator
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+def test_union_of_granuloma_and_dcis(tmp_path, capsys):
+  for name, test in (("mibi_granuloma", "Point7"), ("mibi_dcis", "Point2206")):
+    assert main(["prepare", "images", "--input", str(DATA / name), "--out",
+                 str(tmp_path / f"{name}.zarr"), "--bin", "16", "--tile", "16",
+                 "--test-fovs", test]) == 0
+  names = tmp_path / "map.csv"
+  names.write_text("name,alias\nE-cadherin,ECAD\nKeratin-pan,PanKRT\nVimentin,VIM\n"
+                   "Collagen-1,COLI\n")
+  out = tmp_path / "union.zarr"
+  capsys.readouterr()
+  assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
+               str(tmp_path / "mibi_dcis.zarr"), "--out", str(out), "--name-map",
+               str(names)]) == 0
+  attrs = store.read_attributes(str(out))
+  channels = attrs["channels"]
+  shared = set(np.asarray(channels)[np.all(attrs["panel_present"], axis=0)])
+  assert {"CD3", "CD4", "CD8", "CD20", "CD45", "CD68", "Ki67", "SMA", "E-cadherin",
+          "Keratin-pan"} <= shared
+  assert len(channels) == 39 + 40 - len(shared)
+  x = store.open_array(str(out), "x0").read().result()
+  assert x.shape == (6 * 16 + 3 * 16, 16, 16, len(channels))
+  # Granuloma samples are zero on channels only DCIS measured, and the reverse.
+  gran_only = [i for i, c in enumerate(channels) if not attrs["panel_present"][1][i]]
+  dcis_only = [i for i, c in enumerate(channels) if not attrs["panel_present"][0][i]]
+  assert (x[:96][..., dcis_only] == 0).all() and (x[96:][..., gran_only] == 0).all()
+  # The pipeline carries each sample's panel and never observes an absent channel.
+  batch = next(make_iterator(make_dataset(str(out), "train", global_batch_size=32)))
+  assert not (batch["observed"] & ~batch["present"]).any()
+  assert {tuple(p) for p in batch["present"].tolist()} <= {tuple(p) for p in attrs["panel_present"]}
+  # Without the map, E-cadherin and ECAD stay two channels.
+  assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
+               str(tmp_path / "mibi_dcis.zarr"), "--out", str(tmp_path / "u2.zarr")]) == 0
+  assert "ECAD" in store.read_attributes(str(tmp_path / "u2.zarr"))["channels"]
