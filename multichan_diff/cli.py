@@ -26,7 +26,7 @@ def _prepare_images(args) -> dict:
 def _prepare_citeseq(args) -> dict:
   from multichan_diff.data.prepare_cells import prepare_citeseq
   return prepare_citeseq(
-      args.input, args.out, protein_key=args.protein_key, genes=args.genes,
+      args.input, args.out, protein_key=args.protein_key, layer=args.layer, genes=args.genes,
       rna_norm=args.rna_norm, protein_norm=args.protein_norm, test_fraction=args.test_fraction,
       val_fraction=args.val_fraction, split_by=args.split_by, seed=args.seed,
       overwrite=args.overwrite)
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
   cs = kinds.add_parser("citeseq", help="AnnData .h5ad or MuData .h5mu: genes -> proteins")
   cs.add_argument("--input", required=True)
   cs.add_argument("--out", required=True)
-  cs.add_argument("--protein-key", default="protein_counts", help="obsm key of the proteins")
+  cs.add_argument("--protein-key", default="protein_counts",
+                  help="obsm key of the proteins, or var:COLUMN=VALUE (e.g. var:feature_types=ADT)")
+  cs.add_argument("--layer", help="read counts from this layer instead of X")
   cs.add_argument("--genes", default="hvg:2000", help="hvg:N, all, or a file of gene names")
   cs.add_argument("--rna-norm", default="log1p_cp10k", choices=("log1p_cp10k",))
   cs.add_argument("--protein-norm", default="clr", choices=("clr",))

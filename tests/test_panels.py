@@ -79,6 +79,8 @@ def test_panel_csv_errors(tmp_path):
   p.write_text("channel,name,keep\n0,CD3,1\n2,CD4,1\n")
   with pytest.raises(ValueError, match="panel.csv: line 3 is channel '2', expected 1"):
     read_panel_csv(p)
+  p.write_text("channel,name,keep,ilastik\nIr191,DNA1,1,1\nPt195,CD3,0,\n")  # steinbock
+  assert read_panel_csv(p).kept == ["DNA1"]
   p.write_text("channel,name,keep\n0,CD3,yes\n")
   with pytest.raises(ValueError, match="keep must be 0 or 1"):
     read_panel_csv(p)

@@ -75,10 +75,21 @@ def test_mudata_and_array_layouts(tmp_path):
     anndata.io.write_elem(f, "mod/rna", rna)
     anndata.io.write_elem(f, "mod/prot", p)
   s2 = prepare_citeseq(str(tmp_path / "x.h5mu"), str(tmp_path / "m.zarr"), genes="all")
+  # The NeurIPS 2021 layout: genes and proteins side by side in var, counts in a layer.
+  both = anndata.AnnData(
+      np.zeros((a.n_obs, a.n_vars + prot.shape[1]), np.float32),
+      obs=pd.DataFrame(index=a.obs_names),
+      var=pd.DataFrame({"feature_types": ["GEX"] * a.n_vars + ["ADT"] * prot.shape[1]},
+                       index=list(a.var_names) + list(prot.columns)))
+  both.layers["counts"] = np.c_[np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X),
+                                prot.to_numpy()].astype(np.float32)
+  both.write_h5ad(tmp_path / "nips.h5ad")
+  s3 = prepare_citeseq(str(tmp_path / "nips.h5ad"), str(tmp_path / "n.zarr"), genes="all",
+                       protein_key="var:feature_types=ADT", layer="counts")
   x1 = store.open_array(s1["store"], "x0").read().result()
-  x2 = store.open_array(s2["store"], "x0").read().result()
-  np.testing.assert_allclose(x1, x2, atol=1e-5)
-  assert s1["genes"] == s2["genes"] == a.n_vars
+  for s in (s2, s3):
+    np.testing.assert_allclose(store.open_array(s["store"], "x0").read().result(), x1, atol=1e-5)
+    assert s["genes"] == s1["genes"] == a.n_vars
 
 
 def test_bad_cells_input(tmp_path, capsys):
@@ -102,6 +113,7 @@ def test_bad_cells_input(tmp_path, capsys):
   fails(["--input", str(tmp_path / "junk.h5ad")], "junk.h5ad: cannot read")
   fails(["--input", str(SMALL), "--split-by", "batch"], "no such obs column")
   fails(["--input", str(SMALL), "--genes", "hvg:x"], "expected hvg:N")
+  fails(["--input", str(SMALL), "--layer", "counts"], "no layers['counts']")
   assert not (tmp_path / "o.zarr").exists()
   assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 

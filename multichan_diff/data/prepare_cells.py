@@ -98,6 +98,7 @@ def _zscore_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_counts",
+                    layer: str | None = None,
                     genes: str = "hvg:2000", rna_norm: str = "log1p_cp10k",
                     protein_norm: str = "clr", test_fraction: float = 0.2,
                     val_fraction: float = 0.1, split_by: str | None = None, seed: int = 0,
@@ -108,7 +109,7 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
     raise ValueError(f"unknown --protein-norm {protein_norm!r}; supported: clr")
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
-  cells = readers.read_cells(input_path, protein_key)
+  cells = readers.read_cells(input_path, protein_key, layer)
   n = len(cells.cell_ids)
   split = split_cells(n, cells.obs, test_fraction=test_fraction, val_fraction=val_fraction,
                       seed=seed, split_by=split_by)

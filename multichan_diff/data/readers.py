@@ -21,7 +21,11 @@ class Panel:
 
 
 def read_panel_csv(path: str | os.PathLike) -> Panel:
-  """Reads `channel,name,keep` (keep optional, 1 by default); rows in channel order."""
+  """Reads `channel,name,keep` (keep optional, 1 by default; other columns ignored).
+
+  Rows are the image planes in order; `channel` is either the plane index or a label
+  such as steinbock's metal tag.
+  """
   try:
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
@@ -36,9 +40,11 @@ def read_panel_csv(path: str | os.PathLike) -> Panel:
     name = (row.get("name") or "").strip()
     if not name:
       raise ValueError(f"{path}: line {line} has no channel name")
-    if "channel" in row and row["channel"] not in (None, "") and row["channel"].strip() != str(
-        line - 2):
-      raise ValueError(f"{path}: line {line} is channel {row['channel']!r}, expected {line - 2} "
+    ch = (row.get("channel") or "").strip()
+    # A numeric `channel` is the image plane and must run in order; steinbock writes the
+    # metal tag there (e.g. 'Ir191'), which only labels the row.
+    if ch.isdigit() and int(ch) != line - 2:
+      raise ValueError(f"{path}: line {line} is channel {ch!r}, expected {line - 2} "
                        "(rows must list channels in order from 0)")
     k = (row.get("keep") or "1").strip()
     if k not in ("0", "1"):
@@ -249,8 +255,31 @@ def _protein_from_obsm(adata, key: str, path: str):
                    f"uns['{key}_names']")
 
 
-def read_cells(path: str, protein_key: str = "protein_counts") -> Cells:
-  """An AnnData .h5ad (proteins in obsm) or a MuData .h5mu (modalities 'rna' and 'prot')."""
+def _split_var(adata, key: str, path: str):
+  """`var:COLUMN=VALUE`: proteins are the features whose var[COLUMN] is VALUE."""
+  import numpy as np
+  spec = key[len("var:"):]
+  column, _, value = spec.partition("=")
+  if not value or column not in adata.var.columns:
+    raise ValueError(f"{path}: --protein-key {key!r} needs var:COLUMN=VALUE with an existing "
+                     f"column; var has {list(adata.var.columns)}")
+  is_prot = np.asarray(adata.var[column].astype(str) == value)
+  if not is_prot.any():
+    found = sorted(set(adata.var[column].astype(str)))
+    raise ValueError(f"{path}: no feature has var[{column!r}] == {value!r}; values are {found}")
+  prot = adata[:, is_prot]
+  x = prot.X.toarray() if hasattr(prot.X, "toarray") else np.asarray(prot.X)
+  return adata[:, ~is_prot], np.asarray(x, np.float32), [str(n) for n in prot.var_names]
+
+
+def read_cells(path: str, protein_key: str = "protein_counts", layer: str | None = None) -> Cells:
+  """An AnnData .h5ad or a MuData .h5mu (modalities 'rna' and 'prot').
+
+  In an AnnData file the proteins are `obsm[protein_key]` (a DataFrame, or an array with
+  names in `uns[protein_key + '_names']`), or, with `protein_key = 'var:COLUMN=VALUE'`,
+  the features so marked in `var` (the NeurIPS 2021 layout: `var:feature_types=ADT`).
+  `layer` reads counts from `layers[layer]` instead of X.
+  """
   import anndata
   import numpy as np
   if not os.path.isfile(path):
@@ -272,7 +301,14 @@ def read_cells(path: str, protein_key: str = "protein_counts") -> Cells:
       adata = rna
     else:
       adata = anndata.read_h5ad(path)
-      protein, proteins = _protein_from_obsm(adata, protein_key, path)
+      if layer is not None:
+        if layer not in adata.layers:
+          raise ValueError(f"{path}: no layers[{layer!r}]; layers are {sorted(adata.layers)}")
+        adata.X = adata.layers[layer]
+      if protein_key.startswith("var:"):
+        adata, protein, proteins = _split_var(adata, protein_key, path)
+      else:
+        protein, proteins = _protein_from_obsm(adata, protein_key, path)
   except ValueError:
     raise
   except Exception as e:
