@@ -20,7 +20,7 @@ def _prepare_images(args) -> dict:
       bin_size=args.bin, bin_how=args.bin_how, transform=args.transform, cofactor=args.cofactor,
       clip_percentile=args.clip_percentile, test_fovs=_names(args.test_fovs),
       val_fovs=_names(args.val_fovs), min_signal=args.min_signal, dtype=args.dtype,
-      overwrite=args.overwrite)
+      zero_nonfinite=args.zero_nonfinite, overwrite=args.overwrite)
 
 
 def _prepare_citeseq(args) -> dict:
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
   im.add_argument("--min-signal", type=float, default=0.0,
                   help="keep tiles whose fraction of pixels with any count is at least this")
   im.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  im.add_argument("--zero-nonfinite", action="store_true", help="set NaN / Inf pixels to 0")
   im.add_argument("--overwrite", action="store_true")
   im.set_defaults(func=_prepare_images)
 

@@ -125,6 +125,13 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys):
   nan[1, 4, 5] = np.nan
   _ome(d / "A.ome.tiff", nan, ["CD3", "CD4", "CD8"])
   _cli_fails(base, capsys, "1 NaN or Inf pixel(s), the first at channel 1, y 4, x 5")
+  assert main(base + ["--zero-nonfinite", "--dtype", "bfloat16"]) == 0  # the opt-in repair
+  capsys.readouterr()
+  fixed = store.open_array(str(out), "x0")
+  assert fixed.dtype.name == "bfloat16"
+  assert np.isfinite(fixed.read().result().astype(np.float32)).all()
+  import shutil
+  shutil.rmtree(out)
 
   neg = img.copy()
   neg[0, 0, 0] = -1

@@ -18,9 +18,7 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
     assert main(["prepare", "images", "--input", str(DATA / name), "--out",
                  str(tmp_path / f"{name}.zarr"), "--bin", "16", "--tile", "16",
                  "--test-fovs", test]) == 0
-  names = tmp_path / "map.csv"
-  names.write_text("name,alias\nE-cadherin,ECAD\nKeratin-pan,PanKRT\nVimentin,VIM\n"
-                   "Collagen-1,COLI\n")
+  names = pathlib.Path(__file__).resolve().parents[1] / "data_prep" / "mibi_name_map.csv"
   out = tmp_path / "union.zarr"
   capsys.readouterr()
   assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),

@@ -38,7 +38,8 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
                    transform: str = "arcsinh", cofactor: float = 5.0,
                    clip_percentile: float = 99.9, test_fovs: Sequence[str] = (),
                    val_fovs: Sequence[str] = (), min_signal: float = 0.0,
-                   dtype: str = "float32", overwrite: bool = False) -> dict:
+                   dtype: str = "float32", zero_nonfinite: bool = False,
+                   overwrite: bool = False) -> dict:
   """Writes the store and returns a summary (tiles per split, channels)."""
   stride = stride or tile
   if tile < 1 or stride < 1 or bin_size < 1:
@@ -46,7 +47,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
   panel = readers.read_panel_csv(panel_csv) if panel_csv else None
-  fovs = readers.read_image_folder(input_dir, panel)
+  fovs = readers.read_image_folder(input_dir, panel, zero_nonfinite)
   names = [f.name for f in fovs]
   for split_names, what in ((test_fovs, "test"), (val_fovs, "validation")):
     unknown = sorted(set(split_names) - set(names))

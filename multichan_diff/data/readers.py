@@ -103,7 +103,7 @@ def _ome_channel_names(xml: str, path: str) -> list[str]:
   return [n.strip() for n in names]
 
 
-def _check_pixels(image, path: str) -> "np.ndarray":
+def _check_pixels(image, path: str, zero_nonfinite: bool = False) -> "np.ndarray":
   import numpy as np
   if image.ndim != 3:
     raise ValueError(f"{path}: expected one 2-D image per channel (C, Y, X), got shape "
@@ -114,15 +114,18 @@ def _check_pixels(image, path: str) -> "np.ndarray":
   bad = ~np.isfinite(image)
   if bad.any():
     c, y, x = (int(v[0]) for v in np.nonzero(bad))
-    raise ValueError(f"{path}: {int(bad.sum())} NaN or Inf pixel(s), the first at channel "
-                     f"{c}, y {y}, x {x}")
+    if not zero_nonfinite:
+      raise ValueError(f"{path}: {int(bad.sum())} NaN or Inf pixel(s), the first at channel "
+                       f"{c}, y {y}, x {x} (--zero-nonfinite sets them to 0)")
+    image = np.where(bad, 0.0, image).astype(np.float32)
   if (image < 0).any():
     raise ValueError(f"{path}: {int((image < 0).sum())} negative pixel(s); counts cannot be "
                      "negative")
   return image
 
 
-def read_multichannel_tiff(path: str, panel: Panel | None = None) -> FOV:
+def read_multichannel_tiff(path: str, panel: Panel | None = None,
+                           zero_nonfinite: bool = False) -> FOV:
   """An OME-TIFF (names from its metadata) or a multi-page TIFF named by `panel`.
 
   With a panel, `keep = 0` channels are dropped; for an OME-TIFF the panel's names must
@@ -154,11 +157,12 @@ def read_multichannel_tiff(path: str, panel: Panel | None = None) -> FOV:
                      f"{image.shape[0]}")
   from multichan_diff.data.panels import check_unique
   check_unique([names[i] for i in keep], path)
-  image = _check_pixels(image[keep], path)
+  image = _check_pixels(image[keep], path, zero_nonfinite)
   return FOV(fov_name(path), image, [names[i] for i in keep], [path])
 
 
-def read_channel_folder(folder: str, panel: Panel | None = None) -> FOV:
+def read_channel_folder(folder: str, panel: Panel | None = None,
+                        zero_nonfinite: bool = False) -> FOV:
   """A folder of single-channel TIFFs named by channel (MIBI / ark style)."""
   import numpy as np
   files = sorted(f for f in os.listdir(folder) if _is_tiff(f))
@@ -184,7 +188,7 @@ def read_channel_folder(folder: str, panel: Panel | None = None) -> FOV:
   shapes = {p.shape for p in planes}
   if len(shapes) > 1:
     raise ValueError(f"{folder}: channel images differ in size: {sorted(shapes)}")
-  image = _check_pixels(np.stack(planes), folder)
+  image = _check_pixels(np.stack(planes), folder, zero_nonfinite)
   return FOV(fov_name(folder), image, wanted, [by_name[n] for n in wanted])
 
 
@@ -206,13 +210,14 @@ def find_fovs(input_dir: str) -> tuple[str, list[str]]:
   raise ValueError(f"{input_dir}: no TIFF files or FOV folders found")
 
 
-def read_image_folder(input_dir: str, panel: Panel | None = None) -> list[FOV]:
+def read_image_folder(input_dir: str, panel: Panel | None = None,
+                      zero_nonfinite: bool = False) -> list[FOV]:
   """All FOVs of a folder in any supported layout, checked to share one panel."""
   layout, paths = find_fovs(input_dir)
   if panel is None and os.path.exists(os.path.join(input_dir, "panel.csv")):
     panel = read_panel_csv(os.path.join(input_dir, "panel.csv"))
   read = read_multichannel_tiff if layout == "tiff" else read_channel_folder
-  fovs = [read(p, panel) for p in paths]
+  fovs = [read(p, panel, zero_nonfinite) for p in paths]
   first = fovs[0]
   for f in fovs[1:]:
     if [c.lower() for c in f.channels] != [c.lower() for c in first.channels]:
