@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from helpers import perturb_params
 from multichan_diff.model.attention import (ChannelSelfAttention, SqueezeExcite,
                                            VectorChannelSelfAttention)
 from multichan_diff.model.unet import OutputChannelAttention
@@ -21,17 +22,9 @@ def test_se_is_a_per_sample_per_channel_gate_in_unit_interval():
   assert not jnp.allclose(w[0], w[1])
 
 
-def _randomise(module, scale=0.5, seed=1):
-  state = nnx.state(module, nnx.Param)
-  leaves, tdef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  nnx.update(module, jax.tree.unflatten(
-      tdef, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]))
-
-
 def test_channel_self_attention_is_permutation_equivariant_over_channels():
   attn = ChannelSelfAttention(12, num_heads=3, rngs=nnx.Rngs(0))
-  _randomise(attn)  # head gates start at zero (identity); make the attention act
+  perturb_params(attn, 0.5)  # head gates start at zero (identity); make the attention act
   z = jax.random.normal(jax.random.key(0), (2, 9, 11, 12))
   perm = jax.random.permutation(jax.random.key(3), 12)
   out = attn(z)
@@ -57,7 +50,7 @@ def test_vector_self_attention_mixes_channel_groups():
   attn = VectorChannelSelfAttention(12, num_heads=2, head_dim=4, rngs=nnx.Rngs(0))
   z = jax.random.normal(jax.random.key(0), (3, 1, 1, 12))
   np.testing.assert_array_equal(attn(z), z)  # zero output projection: identity at init
-  _randomise(attn)
+  perturb_params(attn, 0.5)
   assert attn.attention_weights(z).shape == (3, 2, 3, 3)  # 12 channels -> 3 tokens of 4
   # Output channel 0 (token 0) depends on input channel 11 (token 2), and not only on
   # the other samples' values: the jacobian across samples is zero.
@@ -68,7 +61,7 @@ def test_vector_self_attention_mixes_channel_groups():
 
 def test_output_attention_formula():
   oa = OutputChannelAttention(5, se_reduction=2, rngs=nnx.Rngs(0))
-  _randomise(oa)
+  perturb_params(oa, 0.5)
   y = jax.random.normal(jax.random.key(0), (2, 4, 4, 5))
   expected = y + oa.proj(oa.se.gate(y) * y)
   np.testing.assert_allclose(oa(y), expected, rtol=1e-6)

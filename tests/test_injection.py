@@ -4,19 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from helpers import tiny_model
-
-
-def _perturbed(model, seed=1):
-  """Random parameters everywhere (fresh blocks start near the identity)."""
-  state = nnx.state(model, nnx.Param)
-  leaves, tdef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  nnx.update(model, jax.tree.unflatten(
-      tdef, [l + 0.2 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]))
-  return model
+from helpers import perturb_params, tiny_model
 
 
 def _outside(radius, center, size):
@@ -27,7 +16,7 @@ def _outside(radius, center, size):
 @pytest.mark.parametrize("context_blocks", [1, 2])
 def test_condition_change_at_one_pixel_stays_in_receptive_field(context_blocks):
   _, model = tiny_model(4, context_blocks=context_blocks, injection="add")
-  _perturbed(model)
+  perturb_params(model)
   size, center = (21, 19), (10, 7)
   c = jax.random.normal(jax.random.key(0), (1, *size, 4))
   c2 = c.at[0, center[0], center[1], :].add(3.0)
@@ -50,14 +39,14 @@ def test_injected_features_are_aligned_for_add_and_se():
   out = _outside(3, center, size)
   # add: z = D + E, so the injected term changes only inside the receptive field.
   _, add = tiny_model(4, injection="add")
-  _perturbed(add)
+  perturb_params(add)
   za = add.inject[0](d, add.encode_condition(c, obs)[0])
   zb = add.inject[0](d, add.encode_condition(c2, obs)[0])
   assert np.abs(np.asarray(zb - za)).max(-1)[0][out].max() == 0.0
   # se: z = D + w * E with a per-channel gate w; outside the receptive field E is
   # unchanged, so the injected term changes only by the gate's per-channel rescale.
   _, se = tiny_model(4, injection="se")
-  _perturbed(se)
+  perturb_params(se)
   e1, e2 = se.encode_condition(c, obs)[0], se.encode_condition(c2, obs)[0]
   gate = se.inject[0].se.gate
   inj1, inj2 = se.inject[0](d, e1) - d, se.inject[0](d, e2) - d

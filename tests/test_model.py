@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import tiny_model
+from helpers import perturb_params, tiny_model
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.model.blocks import timestep_embedding
 
@@ -61,14 +61,7 @@ def test_unconditional_ignores_condition_and_conditional_does_not():
   _, uncond = tiny_model(5, injection="none")
   assert jnp.array_equal(uncond(x, t, c1, obs), uncond(x, t, c2, obs))
   _, cond = tiny_model(5, injection="add")
-  # Zero-initialised last convs make a fresh model's output blind to its inputs;
-  # perturb the parameters so the dependence on c is visible.
-  from flax import nnx
-  state = nnx.state(cond, nnx.Param)
-  leaves, tdef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  leaves = [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
-  nnx.update(cond, jax.tree.unflatten(tdef, leaves))
+  perturb_params(cond, 0.1, seed=2)  # a fresh model's output is blind to its inputs
   assert not jnp.allclose(cond(x, t, c1, obs), cond(x, t, c2, obs))
 
 

@@ -1,14 +1,12 @@
 """Channel-name matching and union panels, on the two real MIBI panels."""
 
-import pathlib
 
 import pytest
 
+from helpers import DATA, needs_data
 from multichan_diff.data.panels import NameMap, check_unique, match, normalize, union
 from multichan_diff.data.readers import read_panel_csv
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
 
 MAP = NameMap.from_pairs([("E-cadherin", "ECAD"), ("Keratin-pan", "PanKRT"),
                           ("Vimentin", "VIM"), ("Collagen-1", "COLI")])

@@ -1,17 +1,16 @@
 """The grain pipeline over a real prepared store."""
 
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
+from helpers import DATA, needs_data
 from multichan_diff.data.pipeline import (StoreSource, make_dataset, make_iterator, to_global)
 from multichan_diff.data.prepare import prepare_images
 from multichan_diff.train.sharding import batch_sharding, make_mesh
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,18 @@
 """`prepare citeseq` on the real CITE-seq files, MuData, and bad input."""
 
-import pathlib
 
 import anndata
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import DATA, needs_data
 from multichan_diff.cli import main
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import make_dataset, make_iterator
 from multichan_diff.data.prepare_cells import clr, log1p_cp10k, prepare_citeseq
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+pytestmark = needs_data
 TEA = DATA / "citeseq_teaseq_pbmc.h5ad"
 SMALL = DATA / "citeseq_pbmc5k_200cells.h5ad"
 

@@ -2,20 +2,19 @@
 
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
 import tifffile
 
+from helpers import DATA, needs_data
 from multichan_diff.cli import main
 from multichan_diff.data import store
 from multichan_diff.data.prepare import bin_image, prepare_images
 from multichan_diff.data.readers import read_image_folder
 from multichan_diff.data.transforms import Normalizer, fit_normalizer
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+pytestmark = needs_data
 DCIS = DATA / "mibi_dcis"
 
 

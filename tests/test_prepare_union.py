@@ -5,12 +5,12 @@ import pathlib
 import numpy as np
 import pytest
 
+from helpers import DATA, needs_data
 from multichan_diff.cli import main
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import make_dataset, make_iterator
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+pytestmark = needs_data
 
 
 def test_union_of_granuloma_and_dcis(tmp_path, capsys):

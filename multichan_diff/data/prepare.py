@@ -44,8 +44,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   stride = stride or tile
   if tile < 1 or stride < 1 or bin_size < 1:
     raise ValueError("tile, stride and bin must be positive integers")
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  store.check_writable(out, overwrite)
   panel = readers.read_panel_csv(panel_csv) if panel_csv else None
   fovs = readers.read_image_folder(input_dir, panel, zero_nonfinite)
   names = [f.name for f in fovs]
@@ -114,8 +113,7 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
   from multichan_diff.data import panels
   if len(stores) < 2:
     raise ValueError("a union needs at least two stores")
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  store.check_writable(out, overwrite)
   nmap = panels.NameMap.read_csv(name_map) if name_map else panels.NameMap()
   attrs = [store.read_attributes(s) for s in stores]
   for s, a in zip(stores, attrs):

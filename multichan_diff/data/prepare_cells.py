@@ -107,8 +107,7 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
     raise ValueError(f"unknown --rna-norm {rna_norm!r}; supported: log1p_cp10k")
   if protein_norm != "clr":
     raise ValueError(f"unknown --protein-norm {protein_norm!r}; supported: clr")
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  store.check_writable(out, overwrite)
   cells = readers.read_cells(input_path, protein_key, layer)
   n = len(cells.cell_ids)
   split = split_cells(n, cells.obs, test_fraction=test_fraction, val_fraction=val_fraction,

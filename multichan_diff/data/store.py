@@ -34,12 +34,18 @@ def _spec(path: str) -> dict:
   return {"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.abspath(path)}}
 
 
+def check_writable(out: str, overwrite: bool) -> None:
+  """Refuses an existing output without `overwrite` (checked before any slow work too)."""
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{os.path.abspath(out)}: already exists; pass --overwrite to "
+                          "replace it")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str, overwrite: bool = False) -> Iterator[str]:
   """Yields a temporary directory that becomes `out` when the block succeeds."""
   out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+  check_writable(out, overwrite)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
