@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
   im.add_argument("--val-fovs", help="comma-separated FOV names")
   im.add_argument("--min-signal", type=float, default=0.0,
                   help="keep tiles whose fraction of pixels with any count is at least this")
-  im.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  im.add_argument("--dtype", choices=("float32", "bfloat16", "uint16"), default="float32",
+                  help="uint16 stores keep raw counts, normalised when read")
   im.add_argument("--zero-nonfinite", action="store_true", help="set NaN / Inf pixels to 0")
   im.add_argument("--overwrite", action="store_true")
   im.set_defaults(func=_prepare_images)

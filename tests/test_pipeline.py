@@ -76,3 +76,15 @@ def test_global_arrays_on_the_mesh(store_path):
   assert g["x0"].shape == (16, 16, 16, 40)
   assert len(g["x0"].sharding.device_set) == jax.device_count()
   np.testing.assert_array_equal(np.asarray(g["observed"]), batch["observed"])
+
+
+def test_counts_store_reads_the_same_as_a_normalised_store(tmp_path):
+  kw = dict(tile=16, bin_size=8, bin_how="sum", test_fovs=["Point2206"])
+  prepare_images(str(DATA / "mibi_dcis"), str(tmp_path / "f.zarr"), **kw)
+  prepare_images(str(DATA / "mibi_dcis"), str(tmp_path / "u.zarr"), dtype="uint16", **kw)
+  a, b = StoreSource(str(tmp_path / "f.zarr")), StoreSource(str(tmp_path / "u.zarr"))
+  for i in (0, 7, 40):
+    np.testing.assert_allclose(a[i]["x0"], b[i]["x0"], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="bin with --bin-how sum"):
+    prepare_images(str(DATA / "mibi_dcis"), str(tmp_path / "m.zarr"), dtype="uint16",
+                   tile=16, bin_size=8)

@@ -17,6 +17,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.prepare import SPLITS
+from multichan_diff.data.transforms import Normalizer
 from multichan_diff.diffusion.masking import sample_observed_np
 
 
@@ -31,6 +32,8 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     self.kind = attrs["kind"]
     self.fields = ["x0", "cond"] if self.kind == "cells" else ["x0"]
     self.channels: list[str] = attrs["channels"]
+    self.normalizer = (Normalizer.from_dict(attrs["normalizer"])
+                       if attrs.get("values") == "counts" else None)
     if split is None:
       self.indices = np.arange(len(attrs["sample_split"]))
     else:
@@ -70,6 +73,8 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     j = int(self.indices[i])
     arrays = self._open()
     record = {f: np.asarray(arrays[f][j].read().result(), np.float32) for f in self.fields}
+    if self.normalizer is not None:  # a counts store: normalise on reading
+      record["x0"] = self.normalizer.forward(record["x0"])
     record["present"] = self.present[i]
     return record
 

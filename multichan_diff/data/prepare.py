@@ -44,6 +44,9 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   stride = stride or tile
   if tile < 1 or stride < 1 or bin_size < 1:
     raise ValueError("tile, stride and bin must be positive integers")
+  counts = dtype == "uint16"
+  if counts and bin_size > 1 and bin_how != "sum":
+    raise ValueError("a uint16 store holds integer counts: bin with --bin-how sum")
   store.check_writable(out, overwrite)
   panel = readers.read_panel_csv(panel_csv) if panel_csv else None
   fovs = readers.read_image_folder(input_dir, panel, zero_nonfinite)
@@ -84,6 +87,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
       "tile_origin": [[r[1], r[2]] for r in records],
       "sample_split": [SPLITS.index(split_of[r[0]]) for r in records],
       "normalizer": norm.to_dict(), "min_signal": min_signal,
+      "values": "counts" if counts else "normalized",
       "sources": [{"path": os.path.abspath(p), "sha256": store.sha256(p)}
                   for f in fovs for p in f.sources],
   }
@@ -93,7 +97,10 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
     batch = []
     start = 0
     for i, (n, y, x) in enumerate(records):
-      batch.append(norm.forward(images[n][y:y + tile, x:x + tile]))
+      t = images[n][y:y + tile, x:x + tile]
+      if counts and t.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"FOV {n}: counts up to {t.max():.0f} do not fit a uint16 store")
+      batch.append(np.rint(t) if counts else norm.forward(t))
       if len(batch) == 256 or i == len(records) - 1:
         store.write_samples(arr, np.stack(batch), start)
         start += len(batch)
@@ -119,6 +126,8 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
   for s, a in zip(stores, attrs):
     if a["kind"] != "images":
       raise ValueError(f"{s}: only image stores can be joined (this one holds {a['kind']})")
+    if a.get("values") == "counts":
+      raise ValueError(f"{s}: holds raw counts (uint16); join float32 or bfloat16 stores")
     if a["tile"] != attrs[0]["tile"]:
       raise ValueError(f"{s}: tile {a['tile']} differs from {stores[0]}'s {attrs[0]['tile']}")
   u = panels.union([a["channels"] for a in attrs], nmap)

@@ -19,7 +19,9 @@ from typing import Any, Iterator
 import numpy as np
 import tensorstore as ts
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+# float32 / bfloat16 stores hold normalised values; uint16 stores hold raw counts, which the
+# pipeline normalises on reading (half the bytes of bfloat16 would need, exact counts kept).
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "uint16": "uint16"}
 
 
 def sha256(path: str, chunk: int = 1 << 20) -> str:
