@@ -37,6 +37,36 @@ def _prepare_union(args) -> dict:
   return prepare_union(args.stores, args.out, name_map=args.name_map, overwrite=args.overwrite)
 
 
+def load_config(argv: list[str]):
+  """`--config FILE[:ARG]` plus `--config.a.b=value` overrides, via ml_collections."""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  full = ["multichan-diff", *argv]
+  saved, sys.argv = sys.argv, full  # config_flags finds the override flags in sys.argv
+  try:
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
+                                    lock_config=False)
+    fv(full)
+  except (flags.Error, ValueError, OSError) as e:
+    raise ValueError(f"config: {e}") from e
+  finally:
+    sys.argv = saved
+  if fv.config is None:
+    raise ValueError("config: --config FILE is required")
+  return fv.config
+
+
+def _train(args) -> dict:
+  from multichan_diff.train.trainer import train_and_evaluate
+  return train_and_evaluate(load_config(args.config_args), args.workdir)
+
+
+def _export(args) -> dict:
+  from multichan_diff.train.export import export_model
+  return export_model(args.workdir, args.out, overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="multichan-diff",
@@ -89,18 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
   un.add_argument("--name-map", help="CSV 'name,alias' of synonyms across panels")
   un.add_argument("--overwrite", action="store_true")
   un.set_defaults(func=_prepare_union)
+  tr = verbs.add_parser("train", help="train from a config; resumes from --workdir",
+                        description="multichan-diff train --config configs/NAME.py[:smoke] "
+                        "--workdir DIR [--config.train.steps=2000 ...]")
+  tr.add_argument("--workdir", required=True)
+  tr.set_defaults(func=_train)
+
+  ex = verbs.add_parser("export", help="write a self-contained model from a run's workdir")
+  ex.add_argument("--workdir", required=True)
+  ex.add_argument("--out", required=True)
+  ex.add_argument("--overwrite", action="store_true")
+  ex.set_defaults(func=_export)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  if getattr(args, "func", None) is _train:
+    args.config_args = rest
+  elif rest:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
   if args.command is None:
     parser.print_help()
     return 0
   try:
     result = args.func(args)
-  except (ValueError, FileExistsError) as e:
+  except (ValueError, FileExistsError, RuntimeError) as e:
     print(f"multichan-diff {args.command}: error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(result))

@@ -22,6 +22,7 @@ class TrainState:
   step: jax.Array
   params: Any  # nnx.State of nnx.Param
   opt_state: Any
+  ema: Any  # exponential moving average of params, what export and sampling use
 
 
 def make_optimizer(learning_rate: float = 2e-4, *, weight_decay: float = 0.0,
@@ -44,7 +45,8 @@ def make_optimizer(learning_rate: float = 2e-4, *, weight_decay: float = 0.0,
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation):
   """-> (graphdef, rest, TrainState). `rest` is the non-parameter state, held constant."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     ema=jax.tree.map(jnp.copy, params))
   return graphdef, rest, state
 
 
@@ -57,7 +59,7 @@ def _reseed(rest, key):
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation,
-                    loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+                    loss_fn: Callable[..., Any], ema_decay: float = 0.999) -> Callable[..., Any]:
   """-> train_step(state, batch, key) -> (state, metrics); loss_fn(model, batch, key)."""
 
   def train_step(state: TrainState, batch, key: jax.Array):
@@ -70,6 +72,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
   return train_step

@@ -1,0 +1,63 @@
+"""Export a trained run as a self-contained model directory, and load it back.
+
+MODEL_DIR/params   the EMA parameters (orbax)
+MODEL_DIR/model.json  model config, channel panel (and genes), the store's normalisation,
+                    the tile size: everything imputation needs without the training store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from multichan_diff.data import store
+from multichan_diff.model import ModelConfig, build_model
+from multichan_diff.train.checkpoint import Checkpoints
+
+NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
+                      "union_of")
+
+
+def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
+  """Writes the latest checkpoint's EMA parameters and metadata to `out`."""
+  from multichan_diff.train.trainer import setup
+  store.check_writable(out, overwrite)
+  ckpts = Checkpoints(workdir)
+  step = ckpts.latest_step()
+  if step is None:
+    raise ValueError(f"{workdir}: no checkpoint to export")
+  run = ckpts.run_info(step)
+  s = setup(ml_collections.ConfigDict(run["config"]))
+  state = ckpts.restore(step, s.state)
+  ckpts.close()
+  meta = {"model": run["model"], "channels": run["channels"], "genes": run.get("genes"),
+          "kind": run["kind"], "step": step,
+          **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}
+  with store.atomic_dir(out, overwrite) as tmp:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, "params"), state.ema)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, "model.json"), "w") as f:
+      json.dump(meta, f)
+  return {"model_dir": os.path.abspath(out), "step": step}
+
+
+def load_model(model_dir: str):
+  """-> (model with the exported EMA parameters, metadata dict)."""
+  try:
+    with open(os.path.join(model_dir, "model.json")) as f:
+      meta = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{model_dir}: not an exported model (model.json unreadable: {e})") from e
+  model = build_model(ModelConfig.from_mapping(meta["model"]))
+  params = nnx.state(model, nnx.Param)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+  restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(model_dir), "params"),
+                                                abstract)
+  nnx.update(model, restored)
+  return model, meta

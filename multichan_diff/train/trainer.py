@@ -1,0 +1,176 @@
+"""`train_and_evaluate(config, workdir)`: the one training entry point.
+
+Builds the model from the config and the store's panel, shards the step over the mesh,
+streams batches through grain, writes metrics and orbax checkpoints, resumes from the
+latest checkpoint in `workdir`, stops cleanly on SIGTERM / SIGINT (saving first) and on a
+non-finite loss (keeping the last good checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from multichan_diff.data import store
+from multichan_diff.data.pipeline import make_dataset, make_iterator, to_global
+from multichan_diff.diffusion.losses import get_loss_fn
+from multichan_diff.diffusion.schedules import get_schedule
+from multichan_diff.model import ModelConfig, build_model
+from multichan_diff.train.checkpoint import Checkpoints
+from multichan_diff.train.metrics import MetricWriter, Progress
+from multichan_diff.train.sharding import batch_sharding, jit_train_step, make_mesh
+from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def maybe_initialize_distributed() -> None:
+  """Multi-host: `jax.distributed.initialize()` when the environment describes a cluster
+  (JAX_COORDINATOR_ADDRESS, a SLURM job with several tasks, or a multi-worker TPU VM)."""
+  env = os.environ
+  multi = (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
+           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  if multi and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def model_config(config: ml_collections.ConfigDict, attrs: dict) -> ModelConfig:
+  """The model's config for this store: channel counts come from the store's panel."""
+  extra = {"num_channels": len(attrs["channels"])}
+  if attrs["kind"] == "cells":
+    extra.update(cond_channels=len(attrs["genes"]), spatial=False, patch_size=1)
+  return ModelConfig.from_mapping(config.model.to_dict(), **extra)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run builds from (config, store), shared by training and export."""
+
+  config: ml_collections.ConfigDict
+  attrs: dict
+  model_cfg: ModelConfig
+  graphdef: object
+  rest: object
+  state: object
+  tx: object
+  run: dict
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  if not config.data.store:
+    raise ValueError("no store given: set --config.data.store=PATH (see `multichan-diff prepare`)")
+  attrs = store.read_attributes(config.data.store)
+  mcfg = model_config(config, attrs)
+  model = build_model(mcfg, config.train.seed)
+  tx = make_optimizer(**config.optim, total_steps=config.train.steps)
+  graphdef, rest, state = init_train_state(model, tx)
+  run = {"model": json.loads(json.dumps(dataclasses.asdict(mcfg))),
+         "channels": attrs["channels"], "genes": attrs.get("genes"), "kind": attrs["kind"],
+         "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
+  return Setup(config, attrs, mcfg, graphdef, rest, state, tx, run)
+
+
+def check_compatible(saved: dict, run: dict, workdir: str) -> None:
+  """A checkpoint from another model or panel is a clear error, not a shape crash."""
+  for key, what in (("model", "model config"), ("channels", "channel panel"),
+                    ("genes", "gene list")):
+    if saved.get(key) != run.get(key):
+      diff = saved.get(key), run.get(key)
+      if isinstance(diff[0], dict) and isinstance(diff[1], dict):
+        diff = {k: (diff[0].get(k), diff[1].get(k)) for k in set(diff[0]) | set(diff[1])
+                if diff[0].get(k) != diff[1].get(k)}
+      raise ValueError(f"{workdir}: its checkpoint was made with another {what} "
+                       f"(checkpoint vs now: {diff}); use a new --workdir")
+
+
+def _eval_batches(config, sharding):
+  try:
+    ds = make_dataset(config.data.store, "val", global_batch_size=config.train.batch_size,
+                      seed=config.train.seed, shuffle=False, num_epochs=1)
+  except ValueError:
+    return []  # no validation split
+  it = iter(ds)
+  return [to_global(b, sharding) for _, b in zip(range(config.train.eval_batches), it)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains to `config.train.steps`, resuming from `workdir`; returns the last metrics."""
+  maybe_initialize_distributed()
+  os.makedirs(workdir, exist_ok=True)
+  s = setup(config)
+  tc = config.train
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+  diff = config.diffusion
+  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
+  step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay)
+  train_step, state_sh = jit_train_step(step_fn, mesh, s.state, fsdp=config.mesh.fsdp > 1)
+  state = jax.device_put(s.state, state_sh)
+  bsh = batch_sharding(mesh)
+
+  it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
+                                  seed=tc.seed, mask_p=tuple(diff.mask_p)
+                                  if isinstance(diff.mask_p, (list, tuple)) else diff.mask_p),
+                     num_threads=config.data.threads)
+  ckpts = Checkpoints(workdir, tc.keep_checkpoints)
+  start = ckpts.latest_step() or 0
+  if start:
+    check_compatible(ckpts.run_info(start), s.run, workdir)
+    try:
+      state = ckpts.restore(start, state, it)
+    except ValueError as e:
+      raise ValueError(f"{workdir}: the checkpoint's optimiser state does not match this "
+                       f"config's optimiser (was `optim` changed?); use a new --workdir. "
+                       f"orbax said: {str(e)[:300]}") from e
+
+  @jax.jit
+  def eval_loss(ema, batch):
+    return loss_fn(nnx.merge(s.graphdef, ema, s.rest), batch, jax.random.key(tc.seed + 1))[0]
+
+  val = _eval_batches(config, bsh)
+  key = jax.random.key(tc.seed)
+  stop = {"signal": None}
+
+  def on_signal(signum, _frame):
+    stop["signal"] = signum
+
+  old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+  writer = MetricWriter(workdir)
+  progress = Progress(tc.steps, start)
+  last = {}
+  try:
+    for step in range(start, tc.steps):
+      state, m = train_step(state, to_global(next(it), bsh), key)
+      loss = float(m["loss"])
+      if not math.isfinite(loss):
+        raise NonFiniteLoss(
+            f"loss became {loss} at step {step + 1}; stopped without saving, the last good "
+            f"checkpoint in {ckpts.directory} is step {ckpts.latest_step()}")
+      done = step + 1
+      if done % tc.log_every == 0 or done == tc.steps:
+        last = {"loss": loss, "grad_norm": float(m["grad_norm"])}
+        progress.update(done, loss)
+      if val and (done % tc.eval_every == 0 or done == tc.steps):
+        last["val_loss"] = float(np.mean([float(eval_loss(state.ema, b)) for b in val]))
+      if done % tc.log_every == 0 or done == tc.steps:
+        writer.write(done, last)
+      if done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]:
+        ckpts.save(done, state, it, s.run)
+      if stop["signal"]:
+        break
+  finally:
+    progress.close()
+    writer.close()
+    ckpts.close()
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+  return {"step": int(state.step), **last}

@@ -1,0 +1,132 @@
+"""Training runs end to end on a real store: checkpoints, metrics, resume, export, errors."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import DATA, needs_data
+from multichan_diff.cli import main
+from multichan_diff.data.prepare import prepare_images
+from multichan_diff.train.checkpoint import Checkpoints
+from multichan_diff.train.export import load_model
+from multichan_diff.train.trainer import NonFiniteLoss, setup, train_and_evaluate
+
+pytestmark = needs_data
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _config(store, **train):
+  spec = importlib.util.spec_from_file_location("default", CONFIGS / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  config.data.store = store
+  config.data.threads = 2
+  config.train.update(**train)
+  return config
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+  out = tmp_path_factory.mktemp("s") / "dcis.zarr"
+  prepare_images(str(DATA / "mibi_dcis"), str(out), tile=16, bin_size=8,
+                 test_fovs=["Point2206"], val_fovs=["Point2204"])
+  return str(out)
+
+
+def _params(workdir, config):
+  ckpts = Checkpoints(workdir)
+  state = ckpts.restore(ckpts.latest_step(), setup(config).state)
+  ckpts.close()
+  return state
+
+
+def test_smoke_run_writes_checkpoints_metrics_and_export(tmp_path, store_path, capsys):
+  wd, out = tmp_path / "run", tmp_path / "model"
+  assert main(["train", "--config", f"{CONFIGS}/default.py:smoke", "--workdir", str(wd),
+               f"--config.data.store={store_path}", "--config.train.steps=10",
+               "--config.train.checkpoint_every=5", "--config.data.threads=2"]) == 0
+  lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [5, 10] and "val_loss" in lines[-1]
+  assert all(np.isfinite(l["loss"]) for l in lines)
+  assert any(p.name.startswith("events.out.tfevents") for p in (wd / "tensorboard").iterdir())
+  assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [5, 10]
+  capsys.readouterr()
+  assert main(["export", "--workdir", str(wd), "--out", str(out)]) == 0
+  model, meta = load_model(str(out))
+  assert meta["step"] == 10 and len(meta["channels"]) == 40 and "normalizer" in meta
+  # The exported parameters are the run's EMA.
+  from flax import nnx
+  config = _config(store_path)
+  ema = _params(str(wd), config).ema
+  for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  x = np.zeros((1, 16, 16, 40), np.float32)
+  assert model(x, np.zeros((1,)), x, np.ones((1, 40), bool)).shape == x.shape
+
+
+def test_resume_is_exact(tmp_path, store_path):
+  straight = _config(store_path, steps=6, checkpoint_every=100, eval_every=100)
+  train_and_evaluate(straight, str(tmp_path / "a"))
+  half = _config(store_path, steps=3, checkpoint_every=100, eval_every=100)
+  train_and_evaluate(half, str(tmp_path / "b"))
+  train_and_evaluate(straight, str(tmp_path / "b"))  # resumes at 3, runs to 6
+  a, b = _params(str(tmp_path / "a"), straight), _params(str(tmp_path / "b"), straight)
+  assert int(a.step) == int(b.step) == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path, store_path):
+  train_and_evaluate(_config(store_path, steps=2), str(tmp_path / "w"))
+  other = _config(store_path, steps=4)
+  other.model.widths = (16, 16)
+  with pytest.raises(ValueError, match="another model config"):
+    train_and_evaluate(other, str(tmp_path / "w"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store_path):
+  config = _config(store_path, steps=2, checkpoint_every=1)
+  train_and_evaluate(config, str(tmp_path / "w"))
+  config = _config(store_path, steps=40, checkpoint_every=1)
+  config.optim.update(learning_rate=1e30)
+  with pytest.raises(NonFiniteLoss, match="stopped without saving"):
+    train_and_evaluate(config, str(tmp_path / "w"))
+  ckpts = Checkpoints(str(tmp_path / "w"))
+  state = ckpts.restore(ckpts.latest_step(), setup(config).state)
+  ckpts.close()
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_checkpoint_with_another_optimiser_is_refused(tmp_path, store_path):
+  train_and_evaluate(_config(store_path, steps=2), str(tmp_path / "w"))
+  other = _config(store_path, steps=4)
+  other.optim.clip_norm = None
+  with pytest.raises(ValueError, match="optimiser state does not match"):
+    train_and_evaluate(other, str(tmp_path / "w"))
+
+
+def test_sigterm_saves_and_stops(tmp_path, store_path):
+  wd = tmp_path / "w"
+  config = _config(store_path, steps=10_000, log_every=1, checkpoint_every=10_000)
+
+  def kill_after_first_metrics():
+    path = wd / "metrics.jsonl"
+    while not (path.exists() and path.read_text().strip()):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=kill_after_first_metrics, daemon=True).start()
+  result = train_and_evaluate(config, str(wd))
+  assert 1 <= result["step"] < 10_000
+  ckpts = Checkpoints(str(wd))
+  assert ckpts.latest_step() == result["step"]
+  ckpts.close()
