@@ -130,3 +130,18 @@ def test_sigterm_saves_and_stops(tmp_path, store_path):
   ckpts = Checkpoints(str(wd))
   assert ckpts.latest_step() == result["step"]
   ckpts.close()
+
+
+def test_citeseq_smoke_run_on_teaseq(tmp_path):
+  from multichan_diff.data.prepare_cells import prepare_citeseq
+  store = tmp_path / "tea.zarr"
+  prepare_citeseq(str(DATA / "citeseq_teaseq_pbmc.h5ad"), str(store), genes="hvg:200")
+  wd = tmp_path / "run"
+  assert main(["train", "--config", f"{CONFIGS}/citeseq_teaseq.py:smoke", "--workdir", str(wd),
+               f"--config.data.store={store}", "--config.train.steps=6",
+               "--config.data.threads=2"]) == 0
+  lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["step"] == 6 and np.isfinite(lines[-1]["val_loss"])
+  assert main(["export", "--workdir", str(wd), "--out", str(tmp_path / "m")]) == 0
+  model, meta = load_model(str(tmp_path / "m"))
+  assert meta["kind"] == "cells" and len(meta["genes"]) == 200 and len(meta["channels"]) == 46

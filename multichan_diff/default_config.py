@@ -1,0 +1,93 @@
+"""Default configuration: the paper's full model on multiplexed tissue tiles.
+
+Lives in the package so that every file under `configs/` can import it. Dataset and
+ablation files call `get_config()`, change only what differs, and end with
+`finish(config, arg)`, which applies the `:smoke` argument. The model section
+is turned into `multichan_diff.model.ModelConfig` at the boundary (the model never sees
+this ConfigDict); `num_channels` (and, for cells, `cond_channels`) come from the store.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict(dict(
+      store="",                   # a store written by `multichan-diff prepare`
+      threads=8,                  # grain read threads (in-process)
+  ))
+
+  config.model = ml_collections.ConfigDict(dict(
+      spatial=True,
+      patch_size=2,               # 64x64 tiles run their first level at 32x32
+      widths=(64, 128, 256),
+      blocks_per_level=(1, 2, 2),
+      context_blocks=1,
+      injection="se",             # se | add | none
+      channel_attention="self",   # self | se | none
+      attention_levels=(0, 1),    # channel self-attention where widths are 64 and 128
+      output_attention=True,
+      use_mask_input=True,
+      num_heads=2,
+      head_dim=16,
+      norm_groups=32,
+      se_reduction=4,
+      dropout=0.0,
+  ))
+
+  config.diffusion = ml_collections.ConfigDict(dict(
+      schedule="linear",          # linear | cosine
+      num_steps=1000,
+      loss_on="all",              # all | missing
+      mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
+  ))
+
+  config.optim = ml_collections.ConfigDict(dict(  # make_optimizer's arguments
+      learning_rate=2e-4,
+      weight_decay=0.0,
+      warmup_steps=500,
+      clip_norm=1.0,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=16,              # global, over all hosts and devices
+      steps=20_000,
+      seed=0,
+      ema_decay=0.999,
+      log_every=50,
+      eval_every=1000,
+      eval_batches=8,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+  ))
+
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                    # -1: every device not used by fsdp
+      fsdp=1,                     # > 1 splits parameters over this many devices
+  ))
+
+  return finish(config, arg)
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the config-file argument: none, or 'smoke'."""
+  if arg == "smoke":
+    shrink(config)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; the only one is 'smoke'")
+  return config
+
+
+def shrink(config: ml_collections.ConfigDict) -> None:
+  """A sub-minute CPU run of any config: tiny widths, few steps."""
+  config.model.widths = (16, 32)
+  config.model.blocks_per_level = (1, 1)
+  config.model.attention_levels = None
+  config.model.norm_groups = 8
+  config.model.num_heads = 2
+  config.train.update(batch_size=8, steps=20, log_every=5, eval_every=10, eval_batches=2,
+                      checkpoint_every=10)
+  config.optim.warmup_steps = 5
