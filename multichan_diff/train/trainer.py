@@ -118,8 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bsh = batch_sharding(mesh)
 
   it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
-                                  seed=tc.seed, mask_p=tuple(diff.mask_p)
-                                  if isinstance(diff.mask_p, (list, tuple)) else diff.mask_p),
+                                  seed=tc.seed, mask_p=diff.mask_p),
                      num_threads=config.data.threads)
   ckpts = Checkpoints(workdir, tc.keep_checkpoints)
   start = ckpts.latest_step() or 0
