@@ -137,11 +137,24 @@ def test_citeseq_smoke_run_on_teaseq(tmp_path):
   store = tmp_path / "tea.zarr"
   prepare_citeseq(str(DATA / "citeseq_teaseq_pbmc.h5ad"), str(store), genes="hvg:200")
   wd = tmp_path / "run"
+  # A batch larger than the validation split (101 cells): validation still runs.
   assert main(["train", "--config", f"{CONFIGS}/citeseq_teaseq.py:smoke", "--workdir", str(wd),
                f"--config.data.store={store}", "--config.train.steps=6",
-               "--config.data.threads=2"]) == 0
+               "--config.train.batch_size=128", "--config.data.threads=2"]) == 0
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert lines[-1]["step"] == 6 and np.isfinite(lines[-1]["val_loss"])
   assert main(["export", "--workdir", str(wd), "--out", str(tmp_path / "m")]) == 0
   model, meta = load_model(str(tmp_path / "m"))
   assert meta["kind"] == "cells" and len(meta["genes"]) == 200 and len(meta["channels"]) == 46
+
+
+def test_an_interrupted_save_does_not_block_resume(tmp_path, store_path):
+  wd = tmp_path / "w"
+  config = _config(store_path, steps=2, checkpoint_every=2)
+  train_and_evaluate(config, str(wd))
+  # What a run killed in the middle of writing step 3 leaves behind.
+  (wd / "checkpoints" / "3.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp").mkdir(
+      parents=True)
+  result = train_and_evaluate(_config(store_path, steps=4, checkpoint_every=2), str(wd))
+  assert result["step"] == 4
+  assert not (wd / "checkpoints" / "3.orbax-checkpoint-tmp").exists()

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from multichan_diff.data import store
-from multichan_diff.data.pipeline import make_dataset, make_iterator, to_global
+from multichan_diff.data.pipeline import StoreSource, make_dataset, make_iterator, to_global
 from multichan_diff.diffusion.losses import get_loss_fn
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.model import ModelConfig, build_model
@@ -94,11 +94,18 @@ def check_compatible(saved: dict, run: dict, workdir: str) -> None:
 
 
 def _eval_batches(config, sharding):
+  """Up to `eval_batches` fixed validation batches (smaller than training ones when the
+  split is small, a multiple of the device count); none without a validation split."""
   try:
-    ds = make_dataset(config.data.store, "val", global_batch_size=config.train.batch_size,
-                      seed=config.train.seed, shuffle=False, num_epochs=1)
+    n_val = len(StoreSource(config.data.store, "val"))
   except ValueError:
     return []  # no validation split
+  unit = jax.device_count()
+  batch = min(config.train.batch_size, n_val // unit * unit)
+  if batch == 0:
+    return []
+  ds = make_dataset(config.data.store, "val", global_batch_size=batch,
+                    seed=config.train.seed, shuffle=False, num_epochs=1)
   it = iter(ds)
   return [to_global(b, sharding) for _, b in zip(range(config.train.eval_batches), it)]
 
