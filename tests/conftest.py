@@ -9,3 +9,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after the flags)
 
 jax.config.update("jax_platforms", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def store_path(tmp_path_factory):
+  """mibi_dcis binned by 8 in 16x16 tiles (test Point2206, val Point2204), read-only."""
+  from helpers import DATA
+  from multichan_diff.data.prepare import prepare_images
+  if not DATA.is_dir():
+    pytest.skip(f"shared data not found at {DATA}")
+  out = tmp_path_factory.mktemp("s") / "dcis.zarr"
+  prepare_images(str(DATA / "mibi_dcis"), str(out), tile=16, bin_size=8,
+                 test_fovs=["Point2206"], val_fovs=["Point2204"])
+  return str(out)

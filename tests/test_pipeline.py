@@ -13,14 +13,6 @@ from multichan_diff.train.sharding import batch_sharding, make_mesh
 pytestmark = needs_data
 
 
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-  out = tmp_path_factory.mktemp("s") / "dcis.zarr"
-  prepare_images(str(DATA / "mibi_dcis"), str(out), tile=16, bin_size=8,
-                 test_fovs=["Point2206"], val_fovs=["Point2204"])
-  return str(out)
-
-
 def test_source_reads_one_split_and_pickles(store_path):
   import pickle
   src = StoreSource(store_path, "train")

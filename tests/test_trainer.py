@@ -14,7 +14,6 @@ import pytest
 
 from helpers import DATA, needs_data
 from multichan_diff.cli import main
-from multichan_diff.data.prepare import prepare_images
 from multichan_diff.train.checkpoint import Checkpoints
 from multichan_diff.train.export import load_model
 from multichan_diff.train.trainer import NonFiniteLoss, setup, train_and_evaluate
@@ -32,14 +31,6 @@ def _config(store, **train):
   config.data.threads = 2
   config.train.update(**train)
   return config
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-  out = tmp_path_factory.mktemp("s") / "dcis.zarr"
-  prepare_images(str(DATA / "mibi_dcis"), str(out), tile=16, bin_size=8,
-                 test_fovs=["Point2206"], val_fovs=["Point2204"])
-  return str(out)
 
 
 def _params(workdir, config):
