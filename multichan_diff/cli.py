@@ -67,6 +67,39 @@ def _export(args) -> dict:
   return export_model(args.workdir, args.out, overwrite=args.overwrite)
 
 
+def _impute(args) -> dict:
+  from multichan_diff.train.export import read_meta
+  common = dict(samples=args.samples, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                overwrite=args.overwrite)
+  if read_meta(args.model)["kind"] == "cells":
+    if args.observed or args.missing:
+      raise ValueError("a cells model predicts every protein from the RNA; --observed and "
+                       "--missing apply to images")
+    from multichan_diff.impute.cells import impute_cells
+    return impute_cells(args.model, args.input, args.out, layer=args.layer,
+                        batch_size=args.batch_size or 256, **common)
+  from multichan_diff.impute.images import impute_images
+  return impute_images(args.model, args.input, args.out, observed=_names(args.observed),
+                       missing=_names(args.missing), overlap=args.overlap,
+                       batch_size=args.batch_size or 16, panel_csv=args.panel,
+                       name_map=args.name_map, **common)
+
+
+def _evaluate(args) -> dict:
+  from multichan_diff.evaluate.run import evaluate
+  return evaluate(args.model, args.store, args.out, split=args.split, mode=args.mode,
+                  panel=_names(args.panel), samples=args.samples, sampler=args.sampler,
+                  steps=args.steps, seed=args.seed, overlap=args.overlap,
+                  batch_size=args.batch_size, name_map=args.name_map,
+                  overwrite=args.overwrite)
+
+
+def _demo(args) -> dict:
+  from multichan_diff.demo import run_demo
+  return run_demo(args.out, data=args.data, panel=args.panel, steps=args.steps,
+                  tile=args.tile, bin_size=args.bin, overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="multichan-diff",
@@ -130,6 +163,63 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--out", required=True)
   ex.add_argument("--overwrite", action="store_true")
   ex.set_defaults(func=_export)
+
+  im = verbs.add_parser(
+      "impute", help="impute missing channels (images) or proteins (cells) with uncertainty",
+      description="Images: OUT is a folder with <fov>.ome.tif (full panel) and "
+      "<fov>_std.ome.tif. Cells: OUT is the input h5ad with obsm['protein_predicted'] and "
+      "obsm['protein_predicted_std'].")
+  im.add_argument("--model", required=True, help="a folder written by `multichan-diff export`")
+  im.add_argument("--input", required=True, help="an OME-TIFF, a folder of FOVs, or an h5ad")
+  im.add_argument("--out", required=True)
+  im.add_argument("--observed", help="comma-separated channels to condition on")
+  im.add_argument("--missing", help="comma-separated channels to impute (all others observed)")
+  im.add_argument("--samples", type=int, default=8, help="posterior samples per tile / cell")
+  im.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+  im.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm")
+  im.add_argument("--seed", type=int, default=0)
+  im.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
+  im.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")
+  im.add_argument("--panel", help="panel.csv for plain TIFFs")
+  im.add_argument("--name-map", help="CSV 'name,alias' of channel synonyms")
+  im.add_argument("--layer", help="cells: read RNA counts from this layer instead of X")
+  im.add_argument("--overwrite", action="store_true")
+  im.set_defaults(func=_impute)
+
+  ev = verbs.add_parser(
+      "evaluate", help="score a model and the baselines on a store's held-out split",
+      description="Writes OUT/report.json, report.md and plots. Images: Pearson, Spearman, "
+      "RMSE per channel (modes: single = each channel held out in turn; multi = 10 fixed "
+      "random halves; panel = --panel observed). Cells: r_p, r_c in CLR units.")
+  ev.add_argument("--model", required=True)
+  ev.add_argument("--store", required=True, help="a store written by `multichan-diff prepare`")
+  ev.add_argument("--split", choices=("test", "val", "train"), default="test")
+  ev.add_argument("--mode", choices=("single", "multi", "panel"), default="single")
+  ev.add_argument("--panel", help="with --mode panel: the observed channels")
+  ev.add_argument("--out", required=True, help="report folder")
+  ev.add_argument("--samples", type=int, default=8)
+  ev.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+  ev.add_argument("--steps", type=int)
+  ev.add_argument("--seed", type=int, default=0)
+  ev.add_argument("--overlap", type=int)
+  ev.add_argument("--batch-size", type=int)
+  ev.add_argument("--name-map", help="CSV 'name,alias' (a union model on one of its stores)")
+  ev.add_argument("--overwrite", action="store_true")
+  ev.set_defaults(func=_evaluate)
+
+  de = verbs.add_parser(
+      "demo", help="prepare, train, impute and evaluate on built-in synthetic tissue",
+      description="The whole path in a few CPU minutes on the built-in synthetic tissue, or "
+      "with --data on a folder of your own images (at least 3 FOVs: the last is the test FOV, "
+      "the one before it validation). Writes OUT/report/report.md and its plots.")
+  de.add_argument("--out", default="demo_out")
+  de.add_argument("--data", help="a folder of FOVs (any layout `prepare images` reads)")
+  de.add_argument("--panel", help="panel.csv (default: DATA/panel.csv when present)")
+  de.add_argument("--steps", type=int, default=400, help="training steps")
+  de.add_argument("--tile", type=int, default=32)
+  de.add_argument("--bin", type=int, default=1)
+  de.add_argument("--overwrite", action="store_true")
+  de.set_defaults(func=_demo)
   return parser
 
 

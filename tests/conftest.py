@@ -25,3 +25,16 @@ def store_path(tmp_path_factory):
   prepare_images(str(DATA / "mibi_dcis"), str(out), tile=16, bin_size=8,
                  test_fovs=["Point2206"], val_fovs=["Point2204"])
   return str(out)
+
+
+@pytest.fixture(scope="session")
+def image_model(store_path, tmp_path_factory):
+  """A model smoke-trained on `store_path` and exported (4 steps: for plumbing, not skill)."""
+  from multichan_diff.cli import main
+  root = tmp_path_factory.mktemp("m")
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+  assert main(["train", "--config", f"{configs}/default.py:smoke", "--workdir",
+               str(root / "run"), f"--config.data.store={store_path}",
+               "--config.train.steps=4", "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "model")]) == 0
+  return str(root / "model")

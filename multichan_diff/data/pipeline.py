@@ -89,8 +89,18 @@ class RandomChannelMask(grain.transforms.RandomMap):
     return {**record, "observed": sample_observed_np(rng, record["present"], self.p)}
 
 
+class RandomDihedral(grain.transforms.RandomMap):
+  """One of the 8 flips / right-angle rotations of an image tile: tissue has no orientation."""
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    k, flip = rng.integers(4), rng.integers(2)
+    x = np.rot90(record["x0"], k, axes=(0, 1))
+    return {**record, "x0": np.ascontiguousarray(x[:, ::-1] if flip else x)}
+
+
 def make_dataset(path: str, split: str = "train", *, global_batch_size: int, seed: int = 0,
-                 mask_p: float | tuple[float, float] = (0.1, 0.9), shuffle: bool = True,
+                 mask_p: float | tuple[float, float] = (0.1, 0.9), augment: bool = False,
+                 shuffle: bool = True,
                  num_epochs: int | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.MapDataset:
   """The batched MapDataset of this host's share: global_batch_size / process_count per batch."""
@@ -105,6 +115,8 @@ def make_dataset(path: str, split: str = "train", *, global_batch_size: int, see
   ds = ds.repeat(num_epochs)
   if source.kind == "images":  # cells: genes always observed, proteins always predicted
     ds = ds.random_map(RandomChannelMask(mask_p), seed=seed)
+    if augment:
+      ds = ds.random_map(RandomDihedral(), seed=seed + 1)
   ds = ds[pi::pc]
   return ds.batch(global_batch_size // pc, drop_remainder=True)
 

@@ -55,6 +55,11 @@ class Normalizer:
     y = np.clip(y, 0.0, np.asarray(self.clip, np.float32))
     return _t_inv(y, self.kind, self.cofactor).astype(np.float32)
 
+  def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (lo, hi) of normalised values: zero counts and the clip."""
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    return -mean / std, (np.asarray(self.clip, np.float32) - mean) / std
+
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 

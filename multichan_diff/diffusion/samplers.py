@@ -5,6 +5,12 @@ condition's features, which are computed once per run). Observed target channels
 clamped: at every step they are set to a forward-noised copy of their known values
 (one noise draw per run), as the network saw them in training, and the returned x0
 carries them unchanged.
+
+`x0_range` (lo [C], hi [C]) clips each step's x0 estimate to the range the data can take
+(normalised images are bounded: counts >= 0 and a clip percentile) and re-derives eps from
+it. At large t the estimate divides the network's error by sqrt(alpha_bar) (about 0.006 at
+t = 999 of the linear schedule), and without the clip a half-trained model's first steps
+throw the chain far outside the data.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def _clamp(x: jax.Array, known: jax.Array | None, value: jax.Array | None) -> ja
 
 
 def _run(step_fn, schedule: Schedule, denoise: Denoise, key: jax.Array, shape, steps: int,
-         x_known: jax.Array | None, known: jax.Array | None) -> jax.Array:
+         x_known: jax.Array | None, known: jax.Array | None, x0_range=None) -> jax.Array:
   """The loop both samplers share: start from noise, clamp known channels, scan steps."""
   ts, ts_prev = timestep_pairs(schedule.num_steps, steps)
   k_init, k_known, k_steps = jax.random.split(key, 3)
@@ -55,6 +61,10 @@ def _run(step_fn, schedule: Schedule, denoise: Denoise, key: jax.Array, shape, s
     tb = jnp.full((shape[0],), t)
     eps = denoise(x, tb.astype(jnp.float32))
     x0 = predict_x0(schedule, x, tb, eps)
+    if x0_range is not None:
+      ab = ab_all[t]
+      x0 = jnp.clip(x0, x0_range[0], x0_range[1])
+      eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
     x = step_fn(x, x0, eps, ab_all[t], ab_all[t_prev], t_prev, k)
     return _clamp(x, known, noisy_known(t_prev)), None
 
@@ -79,15 +89,17 @@ def _ddim_step(x, x0, eps, ab, ab_prev, t_prev, key):
 
 
 def ddpm_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *, steps: int = 500,
-                x_known: jax.Array | None = None, known: jax.Array | None = None) -> jax.Array:
+                x_known: jax.Array | None = None, known: jax.Array | None = None,
+                x0_range=None) -> jax.Array:
   """Ancestral sampling with `steps` evenly respaced steps (500 in the paper)."""
-  return _run(_ddpm_step, schedule, denoise, key, shape, steps, x_known, known)
+  return _run(_ddpm_step, schedule, denoise, key, shape, steps, x_known, known, x0_range)
 
 
 def ddim_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *, steps: int = 50,
-                x_known: jax.Array | None = None, known: jax.Array | None = None) -> jax.Array:
+                x_known: jax.Array | None = None, known: jax.Array | None = None,
+                x0_range=None) -> jax.Array:
   """Deterministic DDIM with any number of steps."""
-  return _run(_ddim_step, schedule, denoise, key, shape, steps, x_known, known)
+  return _run(_ddim_step, schedule, denoise, key, shape, steps, x_known, known, x0_range)
 
 
 SAMPLERS: dict[str, Callable[..., jax.Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
@@ -104,12 +116,13 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
                      cond_mask: jax.Array, target_shape, *, sampler: str = "ddim",
                      steps: int | None = None, num_samples: int = 1,
                      x_known: jax.Array | None = None,
-                     known: jax.Array | None = None) -> dict[str, jax.Array]:
+                     known: jax.Array | None = None, x0_range=None) -> dict[str, jax.Array]:
   """K samples per condition in one batched call -> samples [K, B, ...], mean, std.
 
   model: has `encode_condition(cond, cond_mask)` and `denoise(x_t, t, ctx)`; E(c) is
   computed once for the B conditions and tiled K times. target_shape: [B, H, W, C].
   x_known / known [B, C]: target channels to clamp (images: the observed ones).
+  x0_range: optional (lo [C], hi [C]) bounds of the data (see the module docstring).
   """
   fn = get_sampler(sampler)
   steps = DEFAULT_STEPS[sampler] if steps is None else steps
@@ -120,7 +133,8 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
   ctx = jax.tree.map(tile, ctx)
   denoise = lambda x_t, t: model.denoise(x_t, t, ctx)
   shape = (k * b,) + tuple(target_shape[1:])
-  x = fn(schedule, denoise, key, shape, steps=steps, x_known=tile(x_known), known=tile(known))
+  x = fn(schedule, denoise, key, shape, steps=steps, x_known=tile(x_known), known=tile(known),
+         x0_range=x0_range)
   samples = x.reshape((k, b) + tuple(target_shape[1:]))
   # Known channels are exact in every sample; say so exactly (no rounding in mean / std).
   mean = _clamp(samples.mean(0), known, x_known)

@@ -1,8 +1,9 @@
 """Export a trained run as a self-contained model directory, and load it back.
 
 MODEL_DIR/params   the EMA parameters (orbax)
-MODEL_DIR/model.json  model config, channel panel (and genes), the store's normalisation,
-                    the tile size: everything imputation needs without the training store.
+MODEL_DIR/model.json  model config, diffusion schedule, channel panel (and genes), the
+                    store's normalisation, the tile size: everything imputation needs
+                    without the training store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from multichan_diff.data import store
+from multichan_diff.diffusion.schedules import Schedule, get_schedule
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
 
@@ -35,8 +37,10 @@ def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
   s = setup(ml_collections.ConfigDict(run["config"]))
   state = ckpts.restore(step, s.state)
   ckpts.close()
+  diffusion = run["config"]["diffusion"]
   meta = {"model": run["model"], "channels": run["channels"], "genes": run.get("genes"),
           "kind": run["kind"], "step": step,
+          "schedule": {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"]},
           **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}
   with store.atomic_dir(out, overwrite) as tmp:
     checkpointer = ocp.StandardCheckpointer()
@@ -47,13 +51,18 @@ def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
   return {"model_dir": os.path.abspath(out), "step": step}
 
 
-def load_model(model_dir: str):
-  """-> (model with the exported EMA parameters, metadata dict)."""
+def read_meta(model_dir: str) -> dict:
+  """model.json of an exported model, with a clear error when it is not one."""
   try:
     with open(os.path.join(model_dir, "model.json")) as f:
-      meta = json.load(f)
+      return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{model_dir}: not an exported model (model.json unreadable: {e})") from e
+
+
+def load_model(model_dir: str):
+  """-> (model with the exported EMA parameters, metadata dict)."""
+  meta = read_meta(model_dir)
   model = build_model(ModelConfig.from_mapping(meta["model"]))
   params = nnx.state(model, nnx.Param)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
@@ -61,3 +70,8 @@ def load_model(model_dir: str):
                                                 abstract)
   nnx.update(model, restored)
   return model, meta
+
+
+def load_schedule(meta: dict) -> Schedule:
+  """The noise schedule the exported model was trained with."""
+  return get_schedule(meta["schedule"]["name"], meta["schedule"]["num_steps"])

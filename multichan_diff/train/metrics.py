@@ -36,18 +36,19 @@ class MetricWriter:
 
 
 class Progress:
-  """`step/total [bar] loss steps/s` on one line of stderr."""
+  """`step/total [bar] loss rate` on one line of stderr (training steps, tiles, cells)."""
 
-  def __init__(self, total: int, start: int = 0, width: int = 24):
-    self.total, self.start, self.width = total, start, width
+  def __init__(self, total: int, start: int = 0, width: int = 24, unit: str = "steps"):
+    self.total, self.start, self.width, self.unit = total, start, width, unit
     self.t0 = time.perf_counter()
 
-  def update(self, step: int, loss: float) -> None:
+  def update(self, step: int, loss: float | None = None) -> None:
     done = step / max(self.total, 1)
     bar = "#" * int(done * self.width)
     rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
-    sys.stderr.write(f"\r{step}/{self.total} [{bar:<{self.width}}] loss {loss:.4f} "
-                     f"{rate:.2f} steps/s")
+    text = f" loss {loss:.4f}" if loss is not None else ""
+    sys.stderr.write(f"\r{step}/{self.total} [{bar:<{self.width}}]{text} {rate:.2f} "
+                     f"{self.unit}/s")
     sys.stderr.flush()
 
   def close(self) -> None:

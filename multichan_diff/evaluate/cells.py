@@ -1,0 +1,63 @@
+"""Scoring protein imputation on a cells store's held-out cells, against the baselines.
+
+Everything is scored in CLR units (the store's z-scored proteins mapped back), as the
+openproblems metric is defined there; r_c depends on the units, r_p does not. The
+baselines need every gene, so they re-read the store's source file.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from multichan_diff.data import readers, store
+from multichan_diff.data.prepare import SPLITS
+from multichan_diff.evaluate.images import fit_splits
+from multichan_diff.data.prepare_cells import clr, log1p_cp10k
+from multichan_diff.evaluate import metrics
+from multichan_diff.evaluate.baselines import cell_baselines
+from multichan_diff.impute.cells import sample_cells, to_clr
+from multichan_diff.impute.posterior import Posterior
+
+
+def _source_cells(attrs: dict, path: str):
+  """The store's source cells, checked against the store (same cells, same file)."""
+  src = attrs["sources"][0]["path"]
+  try:
+    cells = readers.read_cells(src, attrs.get("protein_key", "protein_counts"))
+  except ValueError as e:
+    raise ValueError(f"{path}: the baselines need the store's source file: {e}") from e
+  if list(cells.cell_ids) != list(attrs["cell_ids"]):
+    raise ValueError(f"{src}: its cells differ from those the store {path} was made from")
+  return cells
+
+
+def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: str,
+                   seed: int = 0, baselines: bool = True, progress: bool = True) -> dict:
+  """-> {"channels", "truth" [N, P], "preds": {method: [N, P]}, "scores": {method: {"r_p",
+  "r_c", "pearson" [P], "spearman" [P], "rmse" [P]}}} on the split's cells (CLR units)."""
+  attrs = store.read_attributes(store_path)
+  if attrs["kind"] != "cells":
+    raise ValueError(f"{store_path}: a {attrs['kind']} store; this is a cells model")
+  if attrs["channels"] != meta["channels"] or attrs["genes"] != meta["genes"]:
+    raise ValueError(f"{store_path}: its proteins or genes differ from the model's")
+  which = np.asarray(attrs["sample_split"]) == SPLITS.index(split)
+  if not which.any():
+    raise ValueError(f"{store_path}: the {split} split has no cells")
+  idx = np.flatnonzero(which)
+  genes = np.asarray(store.open_array(store_path, "cond")[idx].read().result())[:, 0, 0]
+  truth_z = np.asarray(store.open_array(store_path, "x0")[idx].read().result())[:, 0, 0]
+  truth = to_clr(truth_z, meta)
+  draws = to_clr(sample_cells(posterior, genes, len(meta["channels"]),
+                              key=jax.random.key(seed), progress=progress), meta)
+  preds = {"model": draws.mean(0), "model_1_sample": draws[0]}
+  if baselines:
+    cells = _source_cells(attrs, store_path)
+    rna = log1p_cp10k(cells.rna)
+    fit = np.isin(attrs["sample_split"], [SPLITS.index(s) for s in fit_splits(split)])
+    preds.update(cell_baselines(rna[fit], rna[idx], clr(cells.protein)[fit], seed=seed))
+  scores = {name: {"r_p": metrics.r_p(p, truth), "r_c": metrics.r_c(p, truth),
+                   "pearson": metrics.pearson(p, truth), "spearman": metrics.spearman(p, truth),
+                   "rmse": metrics.rmse(p, truth)} for name, p in preds.items()}
+  return {"channels": meta["channels"], "truth": truth, "preds": preds, "scores": scores,
+          "std": draws.std(0)}

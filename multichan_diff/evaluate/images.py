@@ -1,0 +1,159 @@
+"""Scoring image imputation on a store's held-out FOVs, against the simple baselines.
+
+FOVs are reassembled from the store's tiles (values as the model saw them: normalised
+with the training FOVs' statistics), so smoothing baselines and the model's tiled
+sampler both see whole images; only pixels some tile covered are scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from multichan_diff.data import store
+from multichan_diff.data.pipeline import StoreSource
+from multichan_diff.evaluate import metrics
+from multichan_diff.evaluate.baselines import ImageBaselines
+from multichan_diff.impute.images import sample_image
+from multichan_diff.impute.posterior import Posterior
+
+MODES = ("single", "multi", "panel")
+MULTI_SUBSETS = 10
+
+
+@dataclasses.dataclass
+class FOVImage:
+  name: str
+  image: np.ndarray    # [H, W, C] normalised
+  covered: np.ndarray  # [H, W] bool: pixels inside some stored tile
+
+
+def read_fovs(path: str, split: str) -> list[FOVImage]:
+  """The split's FOVs of an image store, put back together from their tiles."""
+  attrs = store.read_attributes(path)
+  if attrs["kind"] != "images" or "tile_fov" not in attrs:
+    raise ValueError(f"{path}: evaluate needs an image store from `prepare images` (for a "
+                     "union model, evaluate on each of the union's stores)")
+  source = StoreSource(path, split)
+  tile, fov_of = attrs["tile"], np.asarray(attrs["tile_fov"])
+  origin = np.asarray(attrs["tile_origin"])
+  groups: dict[int, list[int]] = {}
+  for i, j in enumerate(source.indices):
+    groups.setdefault(int(fov_of[j]), []).append(i)
+  fovs = []
+  for f, items in sorted(groups.items()):
+    ys, xs = origin[source.indices[items]].T
+    h, w = ys.max() + tile, xs.max() + tile
+    image = np.zeros((h, w, len(source.channels)), np.float32)
+    covered = np.zeros((h, w), bool)
+    for i, y, x in zip(items, ys, xs):
+      image[y:y + tile, x:x + tile] = source[i]["x0"]
+      covered[y:y + tile, x:x + tile] = True
+    fovs.append(FOVImage(attrs["fovs"][f], image, covered))
+  return fovs
+
+
+def fit_splits(split: str) -> tuple[str, ...]:
+  """What the baselines are fit on: the training split, plus validation when scoring test
+  (they choose nothing on it, and the reference figures fit them that way)."""
+  return ("train", "val") if split == "test" else ("train",)
+
+
+def _read_if_any(path: str, split: str) -> list[FOVImage]:
+  try:
+    return read_fovs(path, split)
+  except ValueError:
+    if split == "train":
+      raise
+    return []  # no validation split
+
+
+def observed_sets(mode: str, channels: list[str], panel: list[int] | None = None,
+                  seed: int = 100) -> list[np.ndarray]:
+  """[C] bool masks: `single` each channel held out in turn; `multi` 10 fixed subsets
+  (channel observed with p = 0.5, rng seeds 100..109); `panel` the given channels."""
+  c = len(channels)
+  if mode == "single":
+    return [np.arange(c) != i for i in range(c)]
+  if mode == "multi":
+    sets = [np.random.default_rng(seed + s).random(c) < 0.5 for s in range(MULTI_SUBSETS)]
+    return [s for s in sets if s.any() and not s.all()]
+  if mode == "panel":
+    if not panel:
+      raise ValueError("--mode panel needs --panel A,B,... (the observed channels)")
+    mask = np.zeros(c, bool)
+    mask[panel] = True
+    if mask.all():
+      raise ValueError("the panel observes every channel: nothing to score")
+    return [mask]
+  raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+
+
+def _scores(pred: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -> dict:
+  """Per missing channel Pearson, Spearman, RMSE over the covered pixels of all FOVs."""
+  p = np.concatenate([x[f.covered][:, missing] for x, f in zip(pred, fovs)])
+  t = np.concatenate([f.image[f.covered][:, missing] for f in fovs])
+  return {"pearson": metrics.pearson(p, t), "spearman": metrics.spearman(p, t),
+          "rmse": metrics.rmse(p, t)}
+
+
+def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
+                    panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
+                    tile: int, overlap: int, seed: int = 0, progress: bool = True) -> dict:
+  """Scores of the model (posterior mean, and one sample) and of every baseline.
+
+  channel_index [C_store]: each store channel's index in the model's panel (a union model
+  is scored on one of its panels). Returns {"channels", "sets", "scores": {method:
+  {metric: [S, C] with NaN where a channel was observed}}, "examples": {channel: {"fov",
+  "truth", "mean", "std"}} (a central tile-sized crop of the first FOV)}.
+  """
+  test = read_fovs(store_path, split)
+  train = [f for s in fit_splits(split) for f in _read_if_any(store_path, s)]
+  channels = StoreSource(store_path, split).channels
+  sets = observed_sets(mode, channels, panel)
+  baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
+  key = jax.random.key(seed)
+  scores: dict[str, dict[str, list[np.ndarray]]] = {}
+  examples: dict[str, dict] = {}
+  for s, observed in enumerate(sets):
+    missing = ~observed
+    mean, single = [], []
+    for i, f in enumerate(test):
+      draws = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
+                           overlap, jax.random.fold_in(key, s * 1000 + i), progress)
+      mean.append(draws.mean(0))
+      single.append(draws[0])
+      if i == 0:  # a crop of the first FOV for each channel, from the first set missing it
+        y0, x0 = (max((n - tile) // 2, 0) for n in f.image.shape[:2])
+        crop = lambda a: a[..., y0:y0 + tile, x0:x0 + tile, :]
+        std = crop(draws.std(0))
+        for c in np.flatnonzero(missing):
+          examples.setdefault(channels[c], {
+              "fov": f.name, "truth": crop(f.image)[..., c], "mean": crop(mean[-1])[..., c],
+              "std": std[..., c]})
+    preds = {"model": mean, "model_1_sample": single, **baselines.predict(observed)}
+    for name, pred in preds.items():
+      got = _scores(pred, test, missing)
+      for metric, values in got.items():
+        row = np.full(len(channels), np.nan)
+        row[missing] = values
+        scores.setdefault(name, {}).setdefault(metric, []).append(row)
+  return {"channels": channels, "sets": [s.tolist() for s in sets],
+          "scores": {m: {k: np.stack(v) for k, v in d.items()} for m, d in scores.items()},
+          "examples": examples}
+
+
+def _model_draws(posterior: Posterior, image: np.ndarray, observed: np.ndarray,
+                 channel_index: np.ndarray, model_channels: int, tile: int, overlap: int,
+                 key, progress: bool) -> np.ndarray:
+  """Samples [K, H, W, C_store]: the store's channels placed in the model's panel (the
+  model's other channels, if any, are neither observed nor scored)."""
+  full = np.zeros(image.shape[:2] + (model_channels,), np.float32)
+  full[..., channel_index] = image
+  obs = np.zeros(model_channels, bool)
+  obs[channel_index[observed]] = True
+  draws = sample_image(posterior, full, obs, tile=tile, overlap=overlap, key=key,
+                       progress=progress)
+  return draws[..., channel_index]

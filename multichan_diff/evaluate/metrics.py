@@ -1,0 +1,89 @@
+"""Imputation metrics, pure numpy / scipy, so they can score any model's output.
+
+Images: per-channel scores over all pixels (arrays [..., C], optional pixel mask [...]);
+a channel constant on either side has no correlation and gives NaN, which `nanmean_skip`
+leaves out of the mean. Cells: r_p and r_c as the openproblems correlation metric, where a
+non-finite correlation counts as 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+
+
+def _pixels(pred, true, mask=None) -> tuple[np.ndarray, np.ndarray]:
+  """[..., C] pairs (and mask [...]) -> two float64 [N, C] matrices of the used pixels."""
+  pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+  if pred.shape != true.shape:
+    raise ValueError(f"pred {pred.shape} and true {true.shape} differ in shape")
+  if mask is not None:
+    mask = np.asarray(mask, bool)
+    if mask.shape != pred.shape[:-1]:
+      raise ValueError(f"mask {mask.shape} must match the leading axes {pred.shape[:-1]}")
+    return pred[mask], true[mask]
+  c = pred.shape[-1]
+  return pred.reshape(-1, c), true.reshape(-1, c)
+
+
+def _columns_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Pearson r of matching columns of [N, C]; NaN where a column is constant (or N < 2)."""
+  if len(a) < 2:
+    return np.full(a.shape[1], np.nan)
+  # Exact constancy test: after centring, rounding leaves tiny non-zero values that would
+  # give a meaningless r.
+  const = (np.ptp(a, 0) == 0) | (np.ptp(b, 0) == 0)
+  a, b = a - a.mean(0), b - b.mean(0)
+  den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    r = (a * b).sum(0) / den
+  return np.where(const, np.nan, np.clip(r, -1.0, 1.0))
+
+
+def pearson(pred, true, mask=None) -> np.ndarray:
+  """[..., C] x [..., C] -> [C] Pearson r per channel over all leading axes."""
+  return _columns_r(*_pixels(pred, true, mask))
+
+
+def spearman(pred, true, mask=None) -> np.ndarray:
+  """[..., C] x [..., C] -> [C] Spearman rho (average ranks for ties) per channel."""
+  p, t = _pixels(pred, true, mask)
+  if len(p) == 0:
+    return np.full(p.shape[1], np.nan)
+  return _columns_r(scipy.stats.rankdata(p, axis=0), scipy.stats.rankdata(t, axis=0))
+
+
+def rmse(pred, true, mask=None) -> np.ndarray:
+  """[..., C] x [..., C] -> [C] root mean squared error per channel (in the inputs' units)."""
+  p, t = _pixels(pred, true, mask)
+  return np.sqrt(((p - t) ** 2).mean(0))
+
+
+def nanmean_skip(values) -> float:
+  """Mean skipping NaN (channels with undefined r); NaN, silently, if nothing is left."""
+  v = np.asarray(values, np.float64).ravel()
+  v = v[~np.isnan(v)]
+  return float(v.mean()) if len(v) else float("nan")
+
+
+def _finite_or_zero(r: np.ndarray) -> np.ndarray:
+  return np.where(np.isfinite(r), r, 0.0)
+
+
+def _cells(pred, true) -> tuple[np.ndarray, np.ndarray]:
+  p, t = _pixels(pred, true)
+  if np.ndim(pred) != 2:
+    raise ValueError(f"expected cells x proteins [N, P], got shape {np.shape(pred)}")
+  return p, t
+
+
+def r_p(pred, true) -> float:
+  """Cells [N, P]: mean over proteins of Pearson r across cells (non-finite -> 0)."""
+  p, t = _cells(pred, true)
+  return float(_finite_or_zero(_columns_r(p, t)).mean())
+
+
+def r_c(pred, true) -> float:
+  """Cells [N, P]: mean over cells of Pearson r across proteins (non-finite -> 0)."""
+  p, t = _cells(pred, true)
+  return float(_finite_or_zero(_columns_r(p.T, t.T)).mean())

@@ -1,0 +1,148 @@
+"""Evaluation results as files: report.json, report.md (model vs every baseline, per
+channel and overall) and the plots (per-channel bars against the best baseline; truth /
+prediction / uncertainty crops for images; predicted vs measured for cells)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+BASELINE_EXCLUDE = ("model", "model_1_sample")
+
+
+def _num(v) -> float | None:
+  v = float(v)
+  return v if np.isfinite(v) else None
+
+
+def summarise(result: dict, kind: str) -> dict:
+  """Per method: the headline means and per-channel figures, as plain JSON values."""
+  methods = {}
+  for name, sc in result["scores"].items():
+    if kind == "cells":
+      mean = {"r_p": _num(sc["r_p"]), "r_c": _num(sc["r_c"])}
+      per = {k: sc[k] for k in ("pearson", "spearman", "rmse")}
+    else:  # [S, C] with NaN where observed or constant: pool every scored (set, channel)
+      mean = {k: _num(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in sc.items()}
+      with np.errstate(all="ignore"):
+        per = {k: np.nanmean(np.where(np.isfinite(v), v, np.nan), 0) for k, v in sc.items()}
+    methods[name] = {"mean": mean, "per_channel": {
+        ch: {k: _num(per[k][i]) for k in per} for i, ch in enumerate(result["channels"])}}
+  key = "r_p" if kind == "cells" else "pearson"
+  baselines = [m for m in methods if m not in BASELINE_EXCLUDE]
+  best = max(baselines, key=lambda m: methods[m]["mean"][key] or -np.inf) if baselines else None
+  return {"methods": methods, "headline": key, "best_baseline": best}
+
+
+def markdown(summary: dict, info: dict) -> str:
+  key, methods = summary["headline"], summary["methods"]
+  names = list(methods)
+  lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
+           + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
+           f"Model `{info['model']}` on store `{info['store']}`; {info['sampler']} with "
+           f"{info['steps']} steps, posterior mean over {info['samples']} samples "
+           f"(`model`) and one sample (`model_1_sample`). Best baseline: "
+           f"`{summary['best_baseline']}`.", ""]
+  heads = list(next(iter(methods.values()))["mean"])
+  lines += ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+  for m in names:
+    vals = [methods[m]["mean"][h] for h in heads]
+    lines.append(f"| {m} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
+  lines += ["", f"Per channel, Pearson r (mean over the evaluated sets in which the channel "
+            "was missing):", "", "| channel | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+  for ch in summary["methods"][names[0]]["per_channel"]:
+    vals = [methods[m]["per_channel"][ch]["pearson"] for m in names]
+    if all(v is None for v in vals):
+      continue
+    lines.append(f"| {ch} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_bars(summary: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  methods, best = summary["methods"], summary["best_baseline"]
+  chans = [c for c, v in methods["model"]["per_channel"].items() if v["pearson"] is not None]
+  chans.sort(key=lambda c: -methods["model"]["per_channel"][c]["pearson"])
+  x = np.arange(len(chans))
+  fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(chans) + 2), 4))
+  for off, m in ((-0.2, "model"), (0.2, best)):
+    if m is None:
+      continue
+    vals = [methods[m]["per_channel"][c]["pearson"] or 0.0 for c in chans]
+    ax.bar(x + off, vals, 0.4, label=f"{m} (mean {methods[m]['mean'][summary['headline']]:.3f})")
+  ax.set_xticks(x, chans, rotation=90, fontsize=7)
+  ax.set_ylabel("Pearson r")
+  ax.axhline(0, color="k", lw=0.5)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_examples(examples: dict, summary: dict, path: str, n: int = 4) -> None:
+  """Truth / posterior mean / posterior std crops for the n best-imputed channels."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  per = summary["methods"]["model"]["per_channel"]
+  chans = sorted((c for c in examples if per.get(c, {}).get("pearson") is not None),
+                 key=lambda c: -per[c]["pearson"])[:n]
+  if not chans:
+    return
+  fig, axes = plt.subplots(len(chans), 3, figsize=(7.5, 2.5 * len(chans)), squeeze=False)
+  for row, c in zip(axes, chans):
+    ex = examples[c]
+    lo, hi = np.percentile(ex["truth"], [1, 99.5])
+    for ax, key, title in zip(row, ("truth", "mean", "std"), ("measured", "imputed (mean)",
+                                                              "uncertainty (std)")):
+      kw = {} if key == "std" else {"vmin": lo, "vmax": max(hi, lo + 1e-6)}
+      ax.imshow(ex[key], cmap="magma", **kw)
+      ax.set_title(f"{c}: {title}", fontsize=8)
+      ax.axis("off")
+  fig.suptitle(f"FOV {examples[chans[0]]['fov']} (central crop)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_cells(truth: np.ndarray, pred: np.ndarray, channels: list[str], summary: dict,
+               path: str, n: int = 6) -> None:
+  """Predicted vs measured (CLR) for the n proteins the model imputes best."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  per = summary["methods"]["model"]["per_channel"]
+  order = sorted(range(len(channels)), key=lambda i: -(per[channels[i]]["pearson"] or -1))[:n]
+  fig, axes = plt.subplots(1, len(order), figsize=(2.6 * len(order), 2.8), squeeze=False)
+  for ax, i in zip(axes[0], order):
+    ax.scatter(truth[:, i], pred[:, i], s=3, alpha=0.5)
+    ax.set_title(f"{channels[i]} r={per[channels[i]]['pearson']:.2f}", fontsize=8)
+    ax.set_xlabel("measured (CLR)", fontsize=7)
+  axes[0][0].set_ylabel("imputed (CLR)", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(out_dir: str, result: dict, info: dict) -> dict:
+  """Writes report.json, report.md and the PNGs into `out_dir`; returns the summary."""
+  summary = summarise(result, info["kind"])
+  report = {**info, **summary, "channels": result["channels"]}
+  if "sets" in result:
+    report["sets"] = [[c for c, o in zip(result["channels"], s) if o] for s in result["sets"]]
+  with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(markdown(summary, info))
+  plot_bars(summary, os.path.join(out_dir, "per_channel.png"))
+  if info["kind"] == "images":
+    plot_examples(result["examples"], summary, os.path.join(out_dir, "examples.png"))
+  else:
+    plot_cells(result["truth"], result["preds"]["model"], result["channels"], summary,
+               os.path.join(out_dir, "cells.png"))
+  return summary

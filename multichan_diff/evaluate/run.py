@@ -1,0 +1,55 @@
+"""`evaluate(...)`: an exported model on a prepared store's split, against the baselines,
+written as a report folder (atomically: a failed run leaves nothing)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from multichan_diff.data import panels, store
+from multichan_diff.evaluate import report
+from multichan_diff.impute.images import model_normalizer
+from multichan_diff.impute.posterior import Posterior
+
+
+def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
+             mode: str = "single", panel: list[str] | None = None, samples: int = 8,
+             sampler: str = "ddim", steps: int | None = None, seed: int = 0,
+             overlap: int | None = None, batch_size: int | None = None,
+             name_map: str | None = None, overwrite: bool = False) -> dict:
+  from multichan_diff.train.export import load_model, load_schedule
+  store.check_writable(out, overwrite)
+  model, meta = load_model(model_dir)
+  attrs = store.read_attributes(store_path)
+  kind = meta["kind"]
+  bounds = None if kind == "cells" else model_normalizer(meta).bounds()
+  posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
+                        num_samples=samples,
+                        batch_size=batch_size or (256 if kind == "cells" else 16),
+                        x0_range=bounds)
+  info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
+          "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
+          "sampler": sampler, "steps": posterior.steps, "samples": samples, "seed": seed}
+  if kind == "cells":
+    from multichan_diff.evaluate.cells import evaluate_cells
+    result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)
+  else:
+    from multichan_diff.evaluate.images import evaluate_images
+    if attrs["kind"] != "images":
+      raise ValueError(f"{store_path}: a {attrs['kind']} store; this is an images model")
+    nmap = panels.NameMap.read_csv(name_map) if name_map else None
+    try:  # the store's channels in the model's panel (a union model: one of its panels)
+      index = np.asarray(panels.match(attrs["channels"], meta["channels"], nmap))
+    except ValueError as e:
+      raise ValueError(f"{store_path}: its panel does not fit the model's: {e}") from e
+    chosen = panels.match(panel, attrs["channels"], nmap) if panel else None
+    tile = meta["tile"]
+    result = evaluate_images(posterior, store_path, split=split, mode=mode, panel=chosen,
+                             channel_index=index, model_channels=len(meta["channels"]),
+                             tile=tile, overlap=tile // 4 if overlap is None else overlap,
+                             seed=seed)
+  with store.atomic_dir(out, overwrite) as tmp:
+    summary = report.write(tmp, result, info)
+  heads = {m: v["mean"] for m, v in summary["methods"].items()}
+  return {"out": os.path.abspath(out), "best_baseline": summary["best_baseline"], **heads}

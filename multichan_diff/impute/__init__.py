@@ -1,0 +1,1 @@
+"""Imputation: whole images (tiled, blended) and cells, from an exported model."""

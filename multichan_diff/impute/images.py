@@ -1,0 +1,158 @@
+"""Whole-image imputation: bin like the training data, normalise, tile with overlap, sample
+K posteriors per tile, blend the seams, and return to the data's units.
+
+`sample_image` works in normalised units and is what `evaluate` scores; `impute_images`
+is the file-to-file command around it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from multichan_diff.data import panels, readers, store
+from multichan_diff.data.prepare import bin_image
+from multichan_diff.data.transforms import Normalizer
+from multichan_diff.impute import tiling
+from multichan_diff.impute.posterior import Posterior
+from multichan_diff.train.metrics import Progress
+
+
+def model_normalizer(meta: dict) -> Normalizer:
+  """The model's per-channel normaliser; a union model takes each channel's from the first
+  panel that measured it (the one its training samples of that channel came from)."""
+  if "normalizer" in meta:
+    return Normalizer.from_dict(meta["normalizer"])
+  parts = meta["union_of"]
+  if len({(p["normalizer"]["kind"], p["normalizer"]["cofactor"]) for p in parts}) > 1:
+    raise ValueError("the union's panels were normalised with different transforms")
+  fields: dict[str, list[float]] = {"clip": [], "mean": [], "std": []}
+  for c in range(len(meta["channels"])):
+    part = next(p for p in parts if c in p["channel_index"])
+    j = part["channel_index"].index(c)
+    for k in fields:
+      fields[k].append(part["normalizer"][k][j])
+  n0 = parts[0]["normalizer"]
+  return Normalizer(n0["kind"], n0["cofactor"], **fields)
+
+
+def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, *, tile: int,
+                 overlap: int, key: jax.Array, progress: bool = False) -> np.ndarray:
+  """image [H, W, C] normalised (missing channels: any value), observed [C] bool ->
+  K blended samples [K, H, W, C], observed channels equal to the input."""
+  h, w, c = image.shape
+  padded = tiling.pad_to_tile(image, tile)
+  starts = tiling.origins(padded.shape[0], padded.shape[1], tile, overlap)
+  blend = tiling.Blender((posterior.num_samples,) + padded.shape, tile)
+  bar = Progress(len(starts), unit="tiles") if progress else None
+  obs = np.broadcast_to(observed.astype(bool), (posterior.batch_size, c))
+  for lo in range(0, len(starts), posterior.batch_size):
+    chunk = starts[lo:lo + posterior.batch_size]
+    tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
+    samples = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:len(chunk)])
+    for i, origin in enumerate(chunk):
+      blend.add(samples[:, i], origin)
+    if bar:
+      bar.update(lo + len(chunk))
+  if bar:
+    bar.close()
+  out = blend.result()[:, :h, :w]
+  out[..., observed] = image[..., observed]  # exact, not blended
+  return out
+
+
+def observed_channels(model_panel: list[str], image_channels: list[str], *,
+                      observed: list[str] | None, missing: list[str] | None,
+                      name_map: panels.NameMap | None = None, where: str = "input") -> np.ndarray:
+  """The [C_model] bool mask of observed channels from --observed or --missing."""
+  if bool(observed) == bool(missing):
+    raise ValueError("give exactly one of --observed or --missing (comma-separated names)")
+  panel = ", ".join(model_panel)
+  available = np.zeros(len(model_panel), bool)
+  for name in image_channels:
+    try:
+      available[panels.match([name], model_panel, name_map)[0]] = True
+    except ValueError:
+      pass  # a channel the model does not know is simply not used
+  mask = np.zeros(len(model_panel), bool)
+  if observed:
+    mask[panels.match(observed, model_panel, name_map)] = True
+    absent = [model_panel[i] for i in np.flatnonzero(mask & ~available)]
+    if absent:
+      raise ValueError(f"{where}: observed channel(s) {absent} are not in the image "
+                       f"(its channels: {', '.join(image_channels)})")
+  else:
+    mask = available.copy()
+    mask[panels.match(missing, model_panel, name_map)] = False
+  if not mask.any():
+    raise ValueError(f"{where}: no observed channel the model knows; the model's panel is: "
+                     f"{panel}")
+  if mask.all():
+    raise ValueError(f"{where}: every channel of the model's panel is observed, nothing to "
+                     f"impute; the panel is: {panel}")
+  return mask
+
+
+def _write_ome(path: str, image_hwc: np.ndarray, names: list[str]) -> None:
+  import tifffile
+  tifffile.imwrite(path, np.moveaxis(image_hwc, -1, 0).astype(np.float32), ome=True,
+                   metadata={"axes": "CYX", "Channel": {"Name": list(names)}})
+
+
+def _read_inputs(path: str, panel_csv: str | None) -> list[readers.FOV]:
+  panel = readers.read_panel_csv(panel_csv) if panel_csv else None
+  if os.path.isdir(path):
+    return readers.read_image_folder(path, panel)
+  if not os.path.exists(path):
+    raise ValueError(f"{path}: no such file or folder")
+  return [readers.read_multichannel_tiff(path, panel)]
+
+
+def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, missing=None,
+                  samples: int = 8, sampler: str = "ddim", steps: int | None = None,
+                  seed: int = 0, overlap: int | None = None, batch_size: int = 16,
+                  panel_csv: str | None = None, name_map: str | None = None,
+                  overwrite: bool = False) -> dict:
+  """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
+  posterior mean) and OUT/<fov>_std.ome.tif (the standard deviation over the samples), both
+  in the input's units at the model's pixel size (the input binned by the model's bin)."""
+  from multichan_diff.train.export import load_model, load_schedule
+  store.check_writable(out, overwrite)
+  loaded, meta = load_model(model_dir)
+  if meta["kind"] != "images":
+    raise ValueError(f"{model_dir}: a {meta['kind']} model; images need an images model")
+  nmap = panels.NameMap.read_csv(name_map) if name_map else None
+  fovs = _read_inputs(input_path, panel_csv)
+  names, tile = meta["channels"], meta["tile"]
+  norm = model_normalizer(meta)
+  posterior = Posterior(loaded, load_schedule(meta), sampler=sampler, steps=steps,
+                        num_samples=samples, batch_size=batch_size, x0_range=norm.bounds())
+  overlap = tile // 4 if overlap is None else overlap
+  key = jax.random.key(seed)
+  written = []
+  with store.atomic_dir(out, overwrite) as tmp:
+    for i, fov in enumerate(fovs):
+      where = fov.sources[0]
+      mask = observed_channels(names, fov.channels, observed=observed, missing=missing,
+                               name_map=nmap, where=where)
+      counts = bin_image(np.moveaxis(fov.image, 0, -1), meta.get("bin", 1),
+                         meta.get("bin_how", "mean"))
+      full = np.zeros(counts.shape[:2] + (len(names),), np.float32)
+      for j, name in enumerate(fov.channels):
+        try:
+          full[..., panels.match([name], names, nmap)[0]] = counts[..., j]
+        except ValueError:
+          pass
+      draws = sample_image(posterior, norm.forward(full), mask, tile=tile, overlap=overlap,
+                           key=jax.random.fold_in(key, i), progress=True)
+      in_units = norm.inverse(draws)
+      mean, std = in_units.mean(0), in_units.std(0)
+      mean[..., mask], std[..., mask] = full[..., mask], 0.0
+      _write_ome(os.path.join(tmp, f"{fov.name}.ome.tif"), mean, names)
+      _write_ome(os.path.join(tmp, f"{fov.name}_std.ome.tif"), std, names)
+      written.append(fov.name)
+  return {"out": os.path.abspath(out), "fovs": written,
+          "observed": [n for n, m in zip(names, mask) if m],
+          "imputed": [n for n, m in zip(names, mask) if not m]}

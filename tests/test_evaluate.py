@@ -1,0 +1,107 @@
+"""Evaluation: observed sets, FOV reassembly, report summaries, and `evaluate` end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import DATA, needs_data
+from multichan_diff.cli import main
+from multichan_diff.data import readers, store
+from multichan_diff.data.prepare import bin_image
+from multichan_diff.data.transforms import Normalizer
+from multichan_diff.evaluate.images import observed_sets, read_fovs
+from multichan_diff.evaluate.report import summarise
+
+
+def test_observed_sets_per_mode():
+  chans = [f"c{i}" for i in range(6)]
+  single = observed_sets("single", chans)
+  assert len(single) == 6 and all((~s).sum() == 1 and not s[i] for i, s in enumerate(single))
+  multi = observed_sets("multi", chans)
+  assert len(multi) <= 10 and all(s.any() and not s.all() for s in multi)
+  expected = [np.random.default_rng(100 + s).random(6) < 0.5 for s in range(10)]
+  expected = [e for e in expected if e.any() and not e.all()]
+  assert all((a == b).all() for a, b in zip(multi, expected))
+  (panel,) = observed_sets("panel", chans, [0, 2])
+  assert panel.tolist() == [True, False, True, False, False, False]
+  with pytest.raises(ValueError, match="needs --panel"):
+    observed_sets("panel", chans, None)
+  with pytest.raises(ValueError, match="unknown mode"):
+    observed_sets("half", chans)
+
+
+def test_summary_pools_every_scored_pair_and_skips_nan():
+  nan = np.nan
+  result = {"channels": ["a", "b", "c"], "scores": {
+      "model": {"pearson": np.array([[0.5, nan, nan], [nan, 0.2, 0.8]])},
+      "ridge": {"pearson": np.array([[0.4, nan, nan], [nan, 0.1, nan]])},
+      "most_correlated": {"pearson": np.array([[0.9, nan, nan], [nan, 0.9, nan]])}}}
+  s = summarise(result, "images")
+  assert s["methods"]["model"]["mean"]["pearson"] == pytest.approx(0.5)
+  assert s["methods"]["ridge"]["per_channel"]["c"]["pearson"] is None
+  assert s["best_baseline"] == "most_correlated"
+
+
+@needs_data
+def test_fovs_are_reassembled_from_tiles(store_path):
+  attrs = store.read_attributes(store_path)
+  (fov,) = read_fovs(store_path, "test")
+  assert fov.name == "Point2206" and fov.covered.all()
+  raw = readers.read_multichannel_tiff(str(DATA / "mibi_dcis" / "Point2206.ome.tiff"))
+  keep = [raw.channels.index(c) for c in attrs["channels"]]
+  want = Normalizer.from_dict(attrs["normalizer"]).forward(
+      bin_image(np.moveaxis(raw.image[keep], 0, -1), attrs["bin"]))
+  np.testing.assert_allclose(fov.image, want[:fov.image.shape[0], :fov.image.shape[1]],
+                             rtol=1e-6, atol=1e-6)
+
+
+@needs_data
+def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
+  out = tmp_path / "report"
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
+               "--panel", "CD45,PanKRT,HH3,VIM,SMA", "--out", str(out), "--samples", "2",
+               "--steps", "2"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  report = json.loads((out / "report.json").read_text())
+  assert set(report["methods"]) == {"model", "model_1_sample", "most_correlated",
+                                    "most_correlated_smoothed", "ridge", "ridge_smoothed"}
+  assert summary["best_baseline"] == report["best_baseline"]
+  per = report["methods"]["ridge"]["per_channel"]
+  assert per["CD45"]["pearson"] is None and per["CD3"]["pearson"] is not None
+  assert report["methods"]["ridge"]["mean"]["pearson"] > 0.1  # real structure is found
+  for name in ("report.md", "per_channel.png", "examples.png"):
+    assert (out / name).stat().st_size > 0
+  assert "| CD3 |" in (out / "report.md").read_text()
+  # A channel the store does not have, and a model/store mismatch, are clear errors.
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
+               "--panel", "CD999", "--out", str(tmp_path / "r2")]) == 2
+  assert "CD999" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+@needs_data
+def test_evaluate_cells_end_to_end(tmp_path, capsys):
+  from multichan_diff.data.prepare_cells import prepare_citeseq
+  src = DATA / "citeseq_pbmc5k_200cells.h5ad"
+  st = tmp_path / "c.zarr"
+  prepare_citeseq(str(src), str(st), genes="hvg:100", test_fraction=0.3)
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+  assert main(["train", "--config", f"{configs}/citeseq_teaseq.py:smoke", "--workdir",
+               str(tmp_path / "run"), f"--config.data.store={st}", "--config.train.steps=3",
+               "--config.train.batch_size=16", "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+  capsys.readouterr()
+  out = tmp_path / "report"
+  assert main(["evaluate", "--model", str(tmp_path / "m"), "--store", str(st), "--out", str(out),
+               "--samples", "2", "--steps", "2"]) == 0
+  report = json.loads((out / "report.json").read_text())
+  assert set(report["methods"]) == {"model", "model_1_sample", "ridge_svd", "krr"}
+  krr = report["methods"]["krr"]["mean"]
+  assert 0 < krr["r_p"] < 1 and 0 < krr["r_c"] <= 1
+  assert len(report["methods"]["model"]["per_channel"]) == 29
+  assert (out / "cells.png").stat().st_size > 0 and (out / "per_channel.png").stat().st_size > 0
+  # An existing report is left alone.
+  assert main(["evaluate", "--model", str(tmp_path / "m"), "--store", str(st), "--out",
+               str(out)]) == 2
+  assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""Imputation: tiling and blending, the tiled posterior sampler, and `impute` on real files."""
+
+import json
+import os
+
+import anndata
+import jax
+import numpy as np
+import pytest
+
+from helpers import DATA, needs_data, perturb_params, tiny_model
+from multichan_diff.cli import main
+from multichan_diff.data import readers
+from multichan_diff.data.prepare import bin_image
+from multichan_diff.diffusion.schedules import get_schedule
+from multichan_diff.impute import tiling
+from multichan_diff.impute.images import observed_channels, sample_image
+from multichan_diff.impute.posterior import Posterior
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(64, 16, 4), (70, 16, 4), (16, 16, 0), (50, 32, 8)])
+def test_tiles_cover_the_image_and_blend_back_exactly(size, tile, overlap):
+  starts = tiling.axis_origins(size, tile, overlap)
+  assert starts[0] == 0 and starts[-1] == size - tile
+  assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+  image = np.random.default_rng(0).normal(size=(size, size + 3, 2)).astype(np.float32)
+  blend = tiling.Blender(image.shape, tile)
+  for y, x in tiling.origins(size, size + 3, tile, overlap):
+    blend.add(image[y:y + tile, x:x + tile], (y, x))
+  np.testing.assert_allclose(blend.result(), image, rtol=1e-5, atol=1e-5)
+
+
+def test_window_is_smooth_positive_and_peaks_in_the_centre():
+  w = tiling.window(16)
+  assert w.min() > 0 and w[8, 8] > 10 * w[0, 0]
+  assert np.abs(np.diff(w, axis=0)).max() < 0.25  # no hard cut
+
+
+def test_blending_weighs_each_tile_by_the_window():
+  """Two overlapping tiles of different constants: a smooth ramp between them, no step."""
+  blend = tiling.Blender((16, 24, 1), 16)
+  blend.add(np.zeros((16, 16, 1), np.float32), (0, 0))
+  blend.add(np.ones((16, 16, 1), np.float32), (0, 8))
+  row = blend.result()[8, :, 0]
+  assert row[0] == 0 and row[-1] == 1
+  assert np.all(np.diff(row) >= -1e-6) and np.diff(row).max() < 0.5
+
+
+def test_sample_image_of_any_size_keeps_observed_channels():
+  cfg, model = tiny_model(3)
+  perturb_params(model)
+  post = Posterior(model, get_schedule("linear", 100), steps=3, num_samples=2, batch_size=4)
+  image = np.random.default_rng(0).normal(size=(21, 37, 3)).astype(np.float32)
+  observed = np.array([True, False, True])
+  draws = sample_image(post, image, observed, tile=16, overlap=4, key=jax.random.key(0))
+  assert draws.shape == (2, 21, 37, 3) and np.isfinite(draws).all()
+  np.testing.assert_array_equal(draws[..., observed], np.broadcast_to(image[..., observed],
+                                                                      (2, 21, 37, 2)))
+  assert not np.allclose(draws[0, ..., 1], draws[1, ..., 1])  # two samples differ
+
+
+def test_samples_stay_in_the_data_range():
+  cfg, model = tiny_model(2)
+  perturb_params(model, scale=1.0)
+  lo, hi = np.array([-1.0, -0.5], np.float32), np.array([2.0, 1.0], np.float32)
+  post = Posterior(model, get_schedule("linear", 100), steps=5, num_samples=2, batch_size=2,
+                   x0_range=(lo, hi))
+  x = np.zeros((2, 16, 16, 2), np.float32)
+  out = post.images(jax.random.key(1), x, np.array([[False, False]] * 2))
+  assert out.min() >= lo.min() - 1e-5 and (out[..., 1] <= hi[1] + 1e-5).all()
+
+
+def test_observed_channel_rules_and_errors():
+  panel = ["DNA", "CD3", "CD8", "E-cadherin"]
+  image = ["DNA", "cd3", "E_cadherin", "Au"]  # spelling differs, Au is not in the panel
+  m = observed_channels(panel, image, observed=None, missing=["CD3"])
+  assert m.tolist() == [True, False, False, True]
+  m = observed_channels(panel, image, observed=["dna", "ECadherin"], missing=None)
+  assert m.tolist() == [True, False, False, True]
+  with pytest.raises(ValueError, match="not in the image"):
+    observed_channels(panel, image, observed=["CD8"], missing=None)
+  with pytest.raises(ValueError, match="unknown channel.*the panel is: DNA, CD3"):
+    observed_channels(panel, image, observed=["CD99"], missing=None)
+  with pytest.raises(ValueError, match="exactly one"):
+    observed_channels(panel, image, observed=["DNA"], missing=["CD3"])
+  with pytest.raises(ValueError, match="no observed channel"):
+    observed_channels(panel, image, observed=None, missing=["DNA", "CD3", "E-cadherin"])
+  with pytest.raises(ValueError, match="nothing to impute"):
+    observed_channels(panel, panel, observed=panel, missing=None)
+
+
+@needs_data
+def test_impute_cli_on_a_real_ome_tiff(tmp_path, image_model, capsys):
+  src = DATA / "mibi_dcis" / "Point2206.ome.tiff"
+  out = tmp_path / "imputed"
+  assert main(["impute", "--model", image_model, "--input", str(src), "--missing", "CD3,CD8",
+               "--out", str(out), "--samples", "2", "--steps", "2"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["imputed"] == ["CD3", "CD8"]
+  meta = json.loads(open(os.path.join(image_model, "model.json")).read())
+  mean = readers.read_multichannel_tiff(str(out / "Point2206.ome.tif"))
+  std = readers.read_multichannel_tiff(str(out / "Point2206_std.ome.tif"))
+  assert mean.channels == meta["channels"] == std.channels
+  fov = readers.read_multichannel_tiff(str(src))
+  binned = bin_image(np.moveaxis(fov.image, 0, -1), meta["bin"])
+  assert mean.image.shape == (40, *binned.shape[:2])
+  for name in ("CD45", "PanKRT"):  # observed channels pass through unchanged
+    np.testing.assert_array_equal(mean.image[mean.channels.index(name)],
+                                  binned[..., fov.channels.index(name)])
+    assert (std.image[std.channels.index(name)] == 0).all()
+  cd3 = mean.channels.index("CD3")
+  assert (mean.image[cd3] >= 0).all() and (std.image[cd3] > 0).any()
+  # An existing output is refused and left alone; bad names list the panel.
+  assert main(["impute", "--model", image_model, "--input", str(src), "--missing", "CD3",
+               "--out", str(out)]) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert main(["impute", "--model", image_model, "--input", str(src), "--observed", "CD999",
+               "--out", str(tmp_path / "x")]) == 2
+  err = capsys.readouterr().err
+  assert "CD999" in err and "the panel is: " in err and not (tmp_path / "x").exists()
+
+
+@needs_data
+def test_impute_cells_writes_predictions_with_uncertainty(tmp_path, capsys):
+  from multichan_diff.data.prepare_cells import prepare_citeseq
+  src = DATA / "citeseq_pbmc5k_200cells.h5ad"
+  store = tmp_path / "c.zarr"
+  prepare_citeseq(str(src), str(store), genes="hvg:100")
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+  assert main(["train", "--config", f"{configs}/citeseq_teaseq.py:smoke", "--workdir",
+               str(tmp_path / "run"), f"--config.data.store={store}", "--config.train.steps=3",
+               "--config.train.batch_size=16", "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+  capsys.readouterr()
+  out = tmp_path / "pred.h5ad"
+  assert main(["impute", "--model", str(tmp_path / "m"), "--input", str(src), "--out", str(out),
+               "--samples", "3", "--steps", "2", "--batch-size", "64"]) == 0
+  a, b = anndata.read_h5ad(out), anndata.read_h5ad(src)
+  pred, std = a.obsm["protein_predicted"], a.obsm["protein_predicted_std"]
+  assert list(pred.columns) == list(b.obsm["protein_counts"].columns) == list(std.columns)
+  assert list(pred.index) == list(b.obs_names) and pred.shape == (200, 29)
+  assert np.isfinite(pred.to_numpy()).all() and (std.to_numpy() > 0).all()
+  assert main(["impute", "--model", str(tmp_path / "m"), "--input", str(src), "--out",
+               str(tmp_path / "p2.h5ad"), "--missing", "CD3"]) == 2
+  assert "apply to images" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""evaluate.metrics against scipy.stats and hand computations."""
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from multichan_diff.evaluate import metrics
+
+
+def _pair(seed=0, shape=(2, 6, 5, 3)):
+  rng = np.random.default_rng(seed)
+  true = rng.standard_normal(shape)
+  return true + rng.standard_normal(shape), true
+
+
+def test_pearson_and_spearman_match_scipy_per_channel():
+  pred, true = _pair()
+  p, t = pred.reshape(-1, 3), true.reshape(-1, 3)
+  want_r = [scipy.stats.pearsonr(p[:, c], t[:, c])[0] for c in range(3)]
+  np.testing.assert_allclose(metrics.pearson(pred, true), want_r, rtol=1e-10)
+  # Integer values: many ties, ranked by their average, as spearmanr does.
+  pi, ti = np.round(pred * 2), np.round(true * 2)
+  want_rho = [scipy.stats.spearmanr(pi.reshape(-1, 3)[:, c], ti.reshape(-1, 3)[:, c])[0]
+              for c in range(3)]
+  np.testing.assert_allclose(metrics.spearman(pi, ti), want_rho, rtol=1e-10)
+
+
+def test_mask_selects_pixels():
+  pred, true = _pair(1)
+  mask = np.random.default_rng(2).random(pred.shape[:-1]) < 0.5
+  for fn in (metrics.pearson, metrics.spearman, metrics.rmse):
+    np.testing.assert_allclose(fn(pred, true, mask), fn(pred[mask], true[mask]))
+    assert not np.allclose(fn(pred, true, mask), fn(pred, true))
+  with pytest.raises(ValueError, match="mask"):
+    metrics.pearson(pred, true, mask[0])
+
+
+def test_constant_channel_is_nan_and_skipped():
+  pred, true = _pair(3)
+  true[..., 1] = 0.7
+  pred[..., 2] = -1.0
+  for fn in (metrics.pearson, metrics.spearman):
+    r = fn(pred, true)
+    assert np.isfinite(r[0]) and np.isnan(r[1]) and np.isnan(r[2])
+  r = metrics.pearson(pred, true)
+  assert metrics.nanmean_skip(r) == pytest.approx(r[0])
+  assert metrics.nanmean_skip([0.5, np.nan, 0.3]) == pytest.approx(0.4)
+  assert np.isnan(metrics.nanmean_skip([np.nan, np.nan]))
+
+
+def test_rmse_by_hand():
+  pred = np.array([[1.0, 0.0], [3.0, 2.0]])
+  true = np.array([[0.0, 0.0], [1.0, 2.0]])
+  np.testing.assert_allclose(metrics.rmse(pred, true), [np.sqrt(2.5), 0.0])
+  with pytest.raises(ValueError, match="shape"):
+    metrics.rmse(pred, true[:1])
+
+
+def test_r_p_and_r_c_by_hand_with_nonfinite_as_zero():
+  pred = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [3.0, 5.0, 0.0]])
+  true = np.array([[1.0, 1.0, 3.0], [2.0, 3.0, 1.0], [4.0, 2.0, 2.0]])
+  # Proteins (columns): r of col 0, col 1, and 0 for the constant col 2.
+  want_p = np.mean([np.corrcoef(pred[:, 0], true[:, 0])[0, 1],
+                    np.corrcoef(pred[:, 1], true[:, 1])[0, 1], 0.0])
+  want_c = np.mean([np.corrcoef(pred[i], true[i])[0, 1] for i in range(3)])
+  assert metrics.r_p(pred, true) == pytest.approx(want_p)
+  assert metrics.r_c(pred, true) == pytest.approx(want_c)
+  pred[1] = 4.0  # a constant cell: its r is undefined and counts as 0
+  want_c = np.mean([np.corrcoef(pred[i], true[i])[0, 1] for i in (0, 2)] + [0.0])
+  assert metrics.r_c(pred, true) == pytest.approx(want_c)
+  with pytest.raises(ValueError, match=r"\[N, P\]"):
+    metrics.r_p(pred[None], true[None])
