@@ -2,6 +2,7 @@
 
     python benchmarks/step_throughput.py            # all cases, each in its own process
     python benchmarks/step_throughput.py --case image64 --steps 10
+    python benchmarks/step_throughput.py --case image16 --compute-dtype bfloat16
 
 Cases: the image model at 39 channels on 64x64 and 16x16 tiles (batch 16), and the
 vector model at 2000 genes -> 46 proteins (batch 256). A full step is forward, backward
@@ -28,7 +29,7 @@ CASES = {
 }
 
 
-def run_case(name: str, steps: int, overrides: dict) -> dict:
+def run_case(name: str, steps: int, overrides: dict, compute_dtype: str = "float32") -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -55,7 +56,8 @@ def run_case(name: str, steps: int, overrides: dict) -> dict:
   graphdef, rest, state = init_train_state(model, tx)
   diff = config.diffusion
   loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
-  step = jax.jit(make_train_step(graphdef, rest, tx, loss_fn), donate_argnums=0)
+  step = jax.jit(make_train_step(graphdef, rest, tx, loss_fn, compute_dtype=compute_dtype),
+                 donate_argnums=0)
 
   b, c = case["batch"], case["channels"]
   k = jax.random.key(0)
@@ -84,7 +86,7 @@ def run_case(name: str, steps: int, overrides: dict) -> dict:
   jax.block_until_ready(m)
   dt = time.perf_counter() - t0
   return {
-      "case": name, "batch": b, "params": int(n_params),
+      "case": name, "compute_dtype": compute_dtype, "batch": b, "params": int(n_params),
       "samples_per_s": round(b * steps / dt, 2), "step_s": round(dt / steps, 4),
       "compile_s": round(compile_s, 1),
       "xla_peak_mib": None if xla_bytes is None else round(xla_bytes / 2**20, 1),
@@ -103,18 +105,21 @@ def main():
   parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process")
   parser.add_argument("--steps", type=int, default=None, help="timed steps (after warm-up)")
   parser.add_argument("--model", default="{}", help="JSON overrides of the model config")
+  parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="dtype of the forward / backward pass (parameters stay float32)")
   args = parser.parse_args()
   overrides = json.loads(args.model)
   if args.case:
     steps = args.steps or (5 if args.case == "image64" else 20)
-    print(json.dumps(run_case(args.case, steps, overrides)))
+    print(json.dumps(run_case(args.case, steps, overrides, args.compute_dtype)))
     return
   print(f"# host: {platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus")
+        f"{os.cpu_count()} cpus; compute dtype {args.compute_dtype}")
   print(f"{'case':8} {'batch':>5} {'params':>11} {'samples/s':>10} {'step s':>8} "
         f"{'compile s':>9} {'xla MiB':>8} {'rss MiB':>8}  device")
   for name in CASES:
-    cmd = [sys.executable, __file__, "--case", name, "--model", args.model]
+    cmd = [sys.executable, __file__, "--case", name, "--model", args.model,
+           "--compute-dtype", args.compute_dtype]
     if args.steps:
       cmd += ["--steps", str(args.steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

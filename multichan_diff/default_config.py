@@ -18,6 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       store="",                   # a store written by `multichan-diff prepare`
       threads=8,                  # grain read threads (in-process)
+      augment=True,               # random flips / right-angle rotations of image tiles
   ))
 
   config.model = ml_collections.ConfigDict(dict(
@@ -62,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       eval_batches=8,
       checkpoint_every=1000,
       keep_checkpoints=3,
+      compute_dtype="float32",    # or "bfloat16": forward / backward only, master weights f32
   ))
 
   config.mesh = ml_collections.ConfigDict(dict(

@@ -5,6 +5,8 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -72,6 +74,66 @@ def test_resume_is_exact(tmp_path, store_path):
   train_and_evaluate(straight, str(tmp_path / "b"))  # resumes at 3, runs to 6
   a, b = _params(str(tmp_path / "a"), straight), _params(str(tmp_path / "b"), straight)
   assert int(a.step) == int(b.step) == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _complete_steps(workdir):
+  """Steps with a checkpoint directory. orbax writes `N.orbax-checkpoint-tmp*` and renames
+  it to `N` once complete (an old step killed while being deleted lingers, half gone)."""
+  d = workdir / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, store_path):
+  steps, half = 10, 5
+  # Every run is the CLI in its own process, with this process's environment (8 fake CPU
+  # devices) and a shared compilation cache, so only the first run compiles.
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+  def train(workdir):
+    with open(tmp_path / f"{workdir.name}.log", "ab") as log:
+      return subprocess.Popen(
+          [sys.executable, "-m", "multichan_diff.cli", "train",
+           "--config", f"{CONFIGS}/default.py:smoke", "--workdir", str(workdir),
+           f"--config.data.store={store_path}", f"--config.train.steps={steps}",
+           "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+           "--config.train.eval_batches=0", "--config.data.threads=2"],
+          cwd=CONFIGS.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+  def tail(workdir):
+    return (tmp_path / f"{workdir.name}.log").read_text()[-2000:]
+
+  straight, wd = tmp_path / "straight", tmp_path / "killed"
+  assert train(straight).wait(timeout=600) == 0, tail(straight)
+  # A checkpoint every step keeps the run busy for seconds after step `half`, so it is
+  # still running when killed.
+  proc = train(wd)
+  try:
+    deadline = time.monotonic() + 300
+    while (max(_complete_steps(wd), default=0) < half and proc.poll() is None
+           and time.monotonic() < deadline):
+      time.sleep(0.01)
+    running = proc.poll() is None
+    proc.kill()  # SIGKILL: no handler runs, nothing more is saved
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  resumed_from = max(_complete_steps(wd), default=0)
+  assert running and half <= resumed_from < steps, tail(wd)
+  assert proc.returncode == -signal.SIGKILL
+
+  assert train(wd).wait(timeout=600) == 0, tail(wd)
+  # It went on from `resumed_from` (replaying steps run past it and lost), not from 0.
+  logged = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  before_kill = len(logged) - (steps - resumed_from)
+  assert before_kill >= resumed_from
+  assert logged == list(range(1, before_kill + 1)) + list(range(resumed_from + 1, steps + 1))
+  config = _config(store_path, steps=steps)
+  a, b = _params(str(straight), config), _params(str(wd), config)
+  assert int(a.step) == int(b.step) == steps
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -126,7 +126,7 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
       "splits": {s: int((split == i).sum()) for i, s in enumerate(SPLITS)},
       "rna_norm": {"kind": rna_norm, "mean": g_mean.tolist(), "std": g_std.tolist()},
       "protein_norm": {"kind": protein_norm, "mean": p_mean.tolist(), "std": p_std.tolist()},
-      "seed": seed, "split_by": split_by, "protein_key": protein_key,
+      "seed": seed, "split_by": split_by, "protein_key": protein_key, "layer": layer,
       "sources": [{"path": os.path.abspath(input_path), "sha256": store.sha256(input_path)}],
   }
   with store.atomic_dir(out, overwrite) as tmp:

@@ -24,7 +24,8 @@ def _source_cells(attrs: dict, path: str):
   """The store's source cells, checked against the store (same cells, same file)."""
   src = attrs["sources"][0]["path"]
   try:
-    cells = readers.read_cells(src, attrs.get("protein_key", "protein_counts"))
+    cells = readers.read_cells(src, attrs.get("protein_key", "protein_counts"),
+                               attrs.get("layer"))
   except ValueError as e:
     raise ValueError(f"{path}: the baselines need the store's source file: {e}") from e
   if list(cells.cell_ids) != list(attrs["cell_ids"]):

@@ -23,7 +23,7 @@ class SqueezeExcite(nnx.Module):
 
   def gate(self, z: jax.Array) -> jax.Array:
     """The per-sample, per-channel weights w [B, 1, 1, D]."""
-    a = jnp.mean(z.astype(jnp.float32), axis=(1, 2))  # [B, D]
+    a = jnp.mean(z.astype(jnp.float32), axis=(1, 2)).astype(z.dtype)  # [B, D], summed in f32
     w = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(a))))
     return w[:, None, None, :].astype(z.dtype)
 
@@ -62,7 +62,8 @@ class ChannelSelfAttention(nnx.Module):
   def __call__(self, z: jax.Array) -> jax.Array:
     b, h, w, d = z.shape
     a = self.attention_weights(z)
-    mix = jnp.einsum("bhij,h->bij", a, self.head_gate[...]).astype(z.dtype)  # [B, D, D]
+    # [B, D, D]; softmax in float32, mixing in z's dtype (float32 `a` would promote it).
+    mix = jnp.einsum("bhij,h->bij", a.astype(z.dtype), self.head_gate[...].astype(z.dtype))
     out = jnp.einsum("bij,bnj->bni", mix, z.reshape(b, h * w, d))
     return z + out.reshape(b, h, w, d)
 

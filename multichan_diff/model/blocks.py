@@ -33,11 +33,13 @@ class Conv(nnx.Module):
 
   XLA's CPU convolutions are pathologically slow on small maps with many channels (a
   2x2x384 map took 15x longer than this form); the k*k shifted copies cost memory but
-  keep every convolution on the fast matmul path, on any backend.
+  keep every convolution on the fast matmul path, on any backend. `dtype` None computes
+  in the promotion of the input's and the kernel's dtypes (bfloat16 when both are), as
+  flax layers do; a fixed float32 would silently undo bfloat16 compute.
   """
 
   def __init__(self, in_f: int, out_f: int, *, kernel: int = 3, stride: int = 1,
-               zero_init: bool = False, rngs: nnx.Rngs, dtype=jnp.float32):
+               zero_init: bool = False, rngs: nnx.Rngs, dtype=None):
     init = (nnx.initializers.zeros_init() if zero_init
             else nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
     self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, in_f, out_f)))
@@ -48,7 +50,8 @@ class Conv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, _, in_f, out_f = self.kernel.shape
     s = self.stride
-    x = x.astype(self.dtype)
+    dtype = jnp.result_type(x, self.kernel[...]) if self.dtype is None else self.dtype
+    x = x.astype(dtype)
     b, h, w, _ = x.shape
     ho, wo = -(-h // s), -(-w // s)
     if k > 1:
@@ -59,12 +62,12 @@ class Conv(nnx.Module):
                            for dy in range(k) for dx in range(k)], axis=-1)
     elif s > 1:
       x = x[:, ::s, ::s]
-    kern = self.kernel[...].reshape(k * k * in_f, out_f).astype(self.dtype)
-    return x @ kern + self.bias[...].astype(self.dtype)
+    kern = self.kernel[...].reshape(k * k * in_f, out_f).astype(dtype)
+    return x @ kern + self.bias[...].astype(dtype)
 
 
 def conv(in_f: int, out_f: int, *, spatial: bool, rngs: nnx.Rngs, kernel: int = 3,
-         stride: int = 1, zero_init: bool = False, dtype=jnp.float32) -> Conv:
+         stride: int = 1, zero_init: bool = False, dtype=None) -> Conv:
   """A SAME-padded conv; the vector variant (H = W = 1) uses 1x1 kernels throughout."""
   return Conv(in_f, out_f, kernel=kernel if spatial else 1, stride=stride, zero_init=zero_init,
               rngs=rngs, dtype=dtype)
@@ -91,7 +94,7 @@ class ResBlock(nnx.Module):
 
   def __init__(self, in_f: int, out_f: int, *, temb_dim: int | None, groups: int,
                spatial: bool, dropout: float, rngs: nnx.Rngs, norm: str = "group",
-               dtype=jnp.float32):
+               dtype=None):
     self.norm1 = make_norm(norm, in_f, groups, rngs)
     self.conv1 = conv(in_f, out_f, spatial=spatial, rngs=rngs, dtype=dtype)
     self.temb = nnx.Linear(temb_dim, out_f, rngs=rngs, dtype=dtype) if temb_dim else None
@@ -141,7 +144,7 @@ def depth_to_space(x: jax.Array, p: int, size: tuple[int, int]) -> jax.Array:
 class Downsample(nnx.Module):
   """Strided 3x3 conv: [B, H, W, F] -> [B, ceil(H/2), ceil(W/2), F] (odd sizes welcome)."""
 
-  def __init__(self, features: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, features: int, *, rngs: nnx.Rngs, dtype=None):
     self.conv = conv(features, features, spatial=True, stride=2, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -151,7 +154,7 @@ class Downsample(nnx.Module):
 class Upsample(nnx.Module):
   """Nearest x2, cropped to the skip's size, then a 3x3 conv: [B, h, w, F] -> [B, H, W, F]."""
 
-  def __init__(self, features: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, features: int, *, rngs: nnx.Rngs, dtype=None):
     self.conv = conv(features, features, spatial=True, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -110,6 +110,10 @@ class ConditionalUNet(nnx.Module):
 
   `t` is a float noise-level input [B] (the DDPM step index here); the network does not
   know the schedule, so another parameterisation (e.g. EDM's c_noise) can feed it later.
+  It computes in its parameters' dtype: inputs (and the float32 timestep sinusoids) are
+  cast to it on entry and eps back to x_t's dtype, so bfloat16 parameters (the train
+  step's bfloat16 compute) make every matmul bfloat16; norm statistics and softmaxes
+  stay float32.
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -152,6 +156,10 @@ class ConditionalUNet(nnx.Module):
     self.out_attn = (OutputChannelAttention(cfg.num_channels, se_reduction=cfg.se_reduction,
                                             rngs=rngs) if cfg.output_attention else None)
 
+  @property
+  def compute_dtype(self):
+    return self.stem.kernel.dtype
+
   def encode_condition(self, cond: jax.Array, observed: jax.Array) -> Context:
     """E(c): cond [B, H, W, Cc] (missing zeroed), observed [B, Cc] -> one map per level."""
     if self.context is None:
@@ -160,15 +168,17 @@ class ConditionalUNet(nnx.Module):
     if observed.shape != cond.shape[:1] + cond.shape[-1:]:
       raise ValueError(f"observation mask has shape {observed.shape}, expected "
                        f"{cond.shape[:1] + cond.shape[-1:]} (batch, condition channels)")
-    return self.context(cond, observed)
+    return self.context(jnp.asarray(cond, self.compute_dtype), observed)
 
   def denoise(self, x_t: jax.Array, t: jax.Array, ctx: Context) -> jax.Array:
     """x_t [B, H, W, C], t [B], ctx from `encode_condition` -> eps [B, H, W, C]."""
     _check_channels("x_t", x_t, self.cfg.num_channels)
-    temb = timestep_embedding(t, self.cfg.widths[0])
+    dtype = self.compute_dtype
+    # Sinusoids of t up to 1000 need float32; the MLP after them runs in `dtype`.
+    temb = timestep_embedding(t, self.cfg.widths[0]).astype(dtype)
     temb = self.temb2(nnx.silu(self.temb1(temb)))  # [B, 4 * widths[0]]
     p = self.cfg.patch_size
-    h = self.stem(space_to_depth(x_t, p))  # [B, H/p, W/p, widths[0]]
+    h = self.stem(space_to_depth(jnp.asarray(x_t, dtype), p))  # [B, H/p, W/p, widths[0]]
     skips = []
     for lvl, (stage, down) in enumerate(zip(self.down_stages, self.downs)):
       h = stage(h, temb)
@@ -186,7 +196,7 @@ class ConditionalUNet(nnx.Module):
     y = depth_to_space(self.out_conv(nnx.silu(self.out_norm(h))), p, x_t.shape[1:3])
     if self.out_attn is not None:
       y = self.out_attn(y)
-    return y
+    return y.astype(jnp.result_type(x_t))
 
   def __call__(self, x_t: jax.Array, t: jax.Array, cond: jax.Array,
                observed: jax.Array) -> jax.Array:

@@ -4,6 +4,10 @@ The model is split once into (graphdef, params, rest); the step merges them, tak
 gradient of the loss with respect to the parameters only, and applies AdamW. Non-
 parameter state (RNG streams of dropout) is reseeded from the step key, so the step is
 a pure function of its inputs.
+
+Mixed precision: with compute_dtype bfloat16 the step differentiates through a cast of
+the float32 parameters, so the forward and backward passes run in bfloat16 (the model
+follows its parameters' dtype) while the gradients, AdamW and the EMA stay float32.
 """
 
 from __future__ import annotations
@@ -58,17 +62,35 @@ def _reseed(rest, key):
   return jax.tree.unflatten(treedef, leaves)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def cast_floats(tree, dtype):
+  """`tree` with its floating-point leaves cast to `dtype` (a no-op where they already are)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation,
-                    loss_fn: Callable[..., Any], ema_decay: float = 0.999) -> Callable[..., Any]:
-  """-> train_step(state, batch, key) -> (state, metrics); loss_fn(model, batch, key)."""
+                    loss_fn: Callable[..., Any], ema_decay: float = 0.999,
+                    compute_dtype: str = "float32") -> Callable[..., Any]:
+  """-> train_step(state, batch, key) -> (state, metrics); loss_fn(model, batch, key).
+
+  compute_dtype: 'float32', or 'bfloat16' for the forward and backward passes only.
+  """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown compute_dtype {compute_dtype!r}; choose from {COMPUTE_DTYPES}")
+  dtype = jnp.dtype(compute_dtype)
 
   def train_step(state: TrainState, batch, key: jax.Array):
     key = jax.random.fold_in(key, state.step)
     k_loss, k_drop = jax.random.split(key)
+    rest_k = _reseed(rest, k_drop)
 
-    model = nnx.merge(graphdef, state.params, _reseed(rest, k_drop))
-    grad_fn = nnx.value_and_grad(lambda m: loss_fn(m, batch, k_loss), has_aux=True)
-    (loss, metrics), grads = grad_fn(model)  # grads: State of the nnx.Params
+    def loss_of(params):  # the cast is inside, so its gradient returns float32
+      return loss_fn(nnx.merge(graphdef, cast_floats(params, dtype), rest_k), batch, k_loss)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}

@@ -119,13 +119,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
   diff = config.diffusion
   loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
-  step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay)
+  step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay,
+                            compute_dtype=tc.compute_dtype)
   train_step, state_sh = jit_train_step(step_fn, mesh, s.state, fsdp=config.mesh.fsdp > 1)
   state = jax.device_put(s.state, state_sh)
   bsh = batch_sharding(mesh)
 
   it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
-                                  seed=tc.seed, mask_p=diff.mask_p),
+                                  seed=tc.seed, mask_p=diff.mask_p,
+                                  augment=config.data.get("augment", False)),
                      num_threads=config.data.threads)
   ckpts = Checkpoints(workdir, tc.keep_checkpoints)
   start = ckpts.latest_step() or 0
