@@ -55,7 +55,8 @@ def run_case(name: str, steps: int, overrides: dict, compute_dtype: str = "float
   tx = make_optimizer(**config.optim)
   graphdef, rest, state = init_train_state(model, tx)
   diff = config.diffusion
-  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
+  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
+                        diff.prediction)
   step = jax.jit(make_train_step(graphdef, rest, tx, loss_fn, compute_dtype=compute_dtype),
                  donate_argnums=0)
 

@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       schedule="linear",          # linear | cosine
       num_steps=1000,
       loss_on="all",              # all | missing
+      prediction="v",             # v | eps: what the network outputs (see schedules.py)
       mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
   ))
 

@@ -53,3 +53,18 @@ def test_predict_inverts_q_sample():
   xt = q_sample(s, x0, t, eps)
   np.testing.assert_allclose(predict_x0(s, xt, t, eps), x0, atol=2e-3)
   np.testing.assert_allclose(predict_eps(s, xt, t, x0), eps, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_v_prediction_converts_to_the_true_eps(name):
+  from multichan_diff.diffusion.schedules import output_to_eps, v_target
+  s = get_schedule(name)
+  x0 = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
+  eps = jax.random.normal(jax.random.key(1), x0.shape)
+  t = jnp.array([0, 10, 500, 999])
+  x_t = q_sample(s, x0, t, eps)
+  v = v_target(s, x0, t, eps)
+  np.testing.assert_allclose(output_to_eps("v", s, x_t, t, v), eps, atol=1e-4)
+  np.testing.assert_array_equal(output_to_eps("eps", s, x_t, t, eps), eps)
+  with pytest.raises(ValueError, match="unknown prediction"):
+    output_to_eps("x1", s, x_t, t, v)

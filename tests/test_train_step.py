@@ -167,3 +167,10 @@ def test_bfloat16_steps_learn_and_keep_float32_params_optimiser_state_and_ema():
     floats = {x.dtype for x in jax.tree.leaves(part) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert floats == {jnp.dtype("float32")}
   assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["grad_norm"]))
+
+
+def test_ema_warms_up_then_follows_the_decay():
+  from multichan_diff.train.step import ema_warmup
+  assert float(ema_warmup(0.999, jnp.asarray(0))) == pytest.approx(0.1)
+  assert float(ema_warmup(0.999, jnp.asarray(90))) == pytest.approx(91 / 100)
+  assert float(ema_warmup(0.999, jnp.asarray(100_000))) == pytest.approx(0.999)

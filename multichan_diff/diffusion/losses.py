@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from multichan_diff.diffusion.masking import mask_condition
-from multichan_diff.diffusion.schedules import Schedule, q_sample
+from multichan_diff.diffusion.schedules import PREDICTIONS, Schedule, q_sample, v_target
 
 Batch = dict[str, jax.Array]
 LOSS_ON = ("all", "missing")
@@ -51,14 +51,20 @@ def loss_weight(present: jax.Array, observed: jax.Array, loss_on: str) -> jax.Ar
   return w
 
 
-def get_loss_fn(schedule: Schedule, loss_on: str = "all") -> Callable[..., Any]:
-  """-> loss_fn(model, batch, key) -> (loss, metrics), epsilon parameterisation.
+def get_loss_fn(schedule: Schedule, loss_on: str = "all",
+                prediction: str = "eps") -> Callable[..., Any]:
+  """-> loss_fn(model, batch, key) -> (loss, metrics).
 
-  `model(x_t, t, cond, cond_mask) -> eps_hat`. t is uniform over the schedule's steps.
+  `model(x_t, t, cond, cond_mask)` predicts eps or v (`prediction`, see
+  `schedules.output_to_eps`); the loss is the MSE to that target. In x0 terms the v-loss
+  weighs errors by 1 + SNR(t), so large t, where x0 comes from the condition alone, keeps
+  weight 1 (the eps loss gives it SNR(t), nearly 0). t is uniform over the steps.
   (An EDM-style objective would be a sibling factory with its own noise sampling and
   weighting; the model and the masks stay as they are.)
   """
   loss_weight(jnp.ones((1, 1)), jnp.zeros((1, 1)), loss_on)  # validate early
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
 
   def loss_fn(model, batch: Batch, key: jax.Array):
     x0 = batch["x0"]
@@ -67,9 +73,11 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all") -> Callable[..., Any]:
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, eps)
     cond, cond_mask, observed = condition_of(batch)
-    eps_hat = model(x_t, t.astype(jnp.float32), cond, cond_mask)
+    out = model(x_t, t.astype(jnp.float32), cond, cond_mask)
     present = batch.get("present", jnp.ones(observed.shape, bool))
-    loss = masked_mse(eps_hat, eps, loss_weight(present, observed, loss_on))
+    weight = loss_weight(present, observed, loss_on)
+    target = eps if prediction == "eps" else v_target(schedule, x0, t, eps)
+    loss = masked_mse(out, target, weight)
     return loss, {"loss": loss}
 
   return loss_fn

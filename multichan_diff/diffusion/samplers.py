@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multichan_diff.diffusion.schedules import Schedule, predict_x0
+from multichan_diff.diffusion.schedules import Schedule, output_to_eps, predict_x0
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -116,13 +116,15 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
                      cond_mask: jax.Array, target_shape, *, sampler: str = "ddim",
                      steps: int | None = None, num_samples: int = 1,
                      x_known: jax.Array | None = None,
-                     known: jax.Array | None = None, x0_range=None) -> dict[str, jax.Array]:
+                     known: jax.Array | None = None, x0_range=None,
+                     prediction: str = "eps") -> dict[str, jax.Array]:
   """K samples per condition in one batched call -> samples [K, B, ...], mean, std.
 
   model: has `encode_condition(cond, cond_mask)` and `denoise(x_t, t, ctx)`; E(c) is
   computed once for the B conditions and tiled K times. target_shape: [B, H, W, C].
   x_known / known [B, C]: target channels to clamp (images: the observed ones).
   x0_range: optional (lo [C], hi [C]) bounds of the data (see the module docstring).
+  prediction: what the network outputs ("eps" or "v"); samplers see it as eps.
   """
   fn = get_sampler(sampler)
   steps = DEFAULT_STEPS[sampler] if steps is None else steps
@@ -131,7 +133,8 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
   ctx = model.encode_condition(cond, cond_mask)
   tile = lambda a: None if a is None else jnp.tile(a, (k,) + (1,) * (a.ndim - 1))
   ctx = jax.tree.map(tile, ctx)
-  denoise = lambda x_t, t: model.denoise(x_t, t, ctx)
+  denoise = lambda x_t, t: output_to_eps(prediction, schedule, x_t, t.astype(jnp.int32),
+                                        model.denoise(x_t, t, ctx))
   shape = (k * b,) + tuple(target_shape[1:])
   x = fn(schedule, denoise, key, shape, steps=steps, x_known=tile(x_known), known=tile(known),
          x0_range=x0_range)

@@ -89,3 +89,32 @@ def predict_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array)
   """Invert q_sample given x0: eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
   ab = _bcast(schedule.alpha_bars[t], x_t)
   return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+
+
+PREDICTIONS = ("eps", "v")
+
+
+def v_target(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+  """v = sqrt(ab) eps - sqrt(1 - ab) x0, so that x0 = sqrt(ab) x_t - sqrt(1 - ab) v."""
+  ab = _bcast(schedule.alpha_bars[t], x0)
+  return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0
+
+
+def output_to_eps(prediction: str, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                  out: jax.Array) -> jax.Array:
+  """The network's output as an eps estimate, whatever it was trained to predict.
+
+  `v`-prediction suits networks whose first layer folds p x p patches into fewer features
+  than p * p * C (the default: 2 x 2 x 39 values into 64). Such a layer cannot carry white
+  noise the size of x_t, and eps-prediction asks for exactly that at large t, where the x0
+  estimate then divides its error by sqrt(ab) (x0 = x_t - ... over 0.006 at t = 999).
+  With v, x0 = sqrt(ab) x_t - sqrt(1 - ab) v: near t = 0 the skip term carries x_t's
+  detail and the network's error is scaled by sqrt(1 - ab); near t = T the network gives
+  x0 itself, structured tissue rather than noise.
+  """
+  if prediction == "eps":
+    return out
+  if prediction == "v":
+    ab = _bcast(schedule.alpha_bars[t], x_t)
+    return jnp.sqrt(ab) * out + jnp.sqrt(1.0 - ab) * x_t
+  raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")

@@ -18,7 +18,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, overwrite: bool = False) -> dict:
-  from multichan_diff.train.export import load_model, load_schedule
+  from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
   model, meta = load_model(model_dir)
   attrs = store.read_attributes(store_path)
@@ -27,7 +27,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples,
                         batch_size=batch_size or (256 if kind == "cells" else 16),
-                        x0_range=bounds)
+                        x0_range=bounds, prediction=load_prediction(meta))
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
           "sampler": sampler, "steps": posterior.steps, "samples": samples, "seed": seed}

@@ -64,7 +64,7 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
   obsm['protein_predicted_std'], DataFrames with the model's protein names."""
   import anndata
   import pandas as pd
-  from multichan_diff.train.export import load_model, load_schedule
+  from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
   model, meta = load_model(model_dir)
   if meta["kind"] != "cells":
@@ -80,7 +80,8 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
   rna = adata.layers[layer] if layer else adata.X
   genes, missing = genes_matrix(rna, list(map(str, adata.var_names)), meta, input_path)
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
-                        num_samples=samples, batch_size=batch_size)
+                        num_samples=samples, batch_size=batch_size,
+                        prediction=load_prediction(meta))
   draws = to_clr(sample_cells(posterior, genes, len(meta["channels"]),
                               key=jax.random.key(seed), progress=True), meta)
   frame = lambda v: pd.DataFrame(v, index=adata.obs_names, columns=meta["channels"])

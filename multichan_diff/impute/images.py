@@ -118,7 +118,7 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
   posterior mean) and OUT/<fov>_std.ome.tif (the standard deviation over the samples), both
   in the input's units at the model's pixel size (the input binned by the model's bin)."""
-  from multichan_diff.train.export import load_model, load_schedule
+  from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
   loaded, meta = load_model(model_dir)
   if meta["kind"] != "images":
@@ -128,7 +128,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   names, tile = meta["channels"], meta["tile"]
   norm = model_normalizer(meta)
   posterior = Posterior(loaded, load_schedule(meta), sampler=sampler, steps=steps,
-                        num_samples=samples, batch_size=batch_size, x0_range=norm.bounds())
+                        num_samples=samples, batch_size=batch_size, x0_range=norm.bounds(),
+                        prediction=load_prediction(meta))
   overlap = tile // 4 if overlap is None else overlap
   key = jax.random.key(seed)
   written = []

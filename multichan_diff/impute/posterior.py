@@ -19,11 +19,13 @@ class Posterior:
   clamped in every sample. Cells: the condition is the genes; every protein is sampled.
   Batches are padded to `batch_size` so the last, short one does not recompile.
   x0_range: the data's (lo [C], hi [C]) for the samplers' x0 clip (images).
+  prediction: what the network outputs, "eps" or "v".
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
                steps: int | None = None, num_samples: int = 8, batch_size: int = 16,
-               x0_range: tuple[np.ndarray, np.ndarray] | None = None):
+               x0_range: tuple[np.ndarray, np.ndarray] | None = None,
+               prediction: str = "eps"):
     get_sampler(sampler)
     self.steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     self.num_samples, self.batch_size = int(num_samples), int(batch_size)
@@ -36,7 +38,8 @@ class Posterior:
       m = nnx.merge(graphdef, state)
       out = sample_posterior(m, schedule, key, mask_condition(x, observed), observed, x.shape,
                              sampler=sampler, steps=self.steps, num_samples=self.num_samples,
-                             x_known=x, known=observed, x0_range=x0_range)
+                             x_known=x, known=observed, x0_range=x0_range,
+                             prediction=prediction)
       return out["samples"]
 
     def cells(state, key, genes, num_proteins):
@@ -44,7 +47,8 @@ class Posterior:
       mask = jnp.ones(genes.shape[:1] + genes.shape[-1:], bool)
       shape = genes.shape[:3] + (num_proteins,)
       return sample_posterior(m, schedule, key, genes, mask, shape, sampler=sampler,
-                              steps=self.steps, num_samples=self.num_samples)["samples"]
+                              steps=self.steps, num_samples=self.num_samples,
+                              prediction=prediction)["samples"]
 
     self._images = jax.jit(images)
     self._cells = jax.jit(cells, static_argnums=3)

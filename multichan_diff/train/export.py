@@ -40,7 +40,8 @@ def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
   diffusion = run["config"]["diffusion"]
   meta = {"model": run["model"], "channels": run["channels"], "genes": run.get("genes"),
           "kind": run["kind"], "step": step,
-          "schedule": {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"]},
+          "schedule": {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
+                       "prediction": diffusion.get("prediction", "eps")},
           **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}
   with store.atomic_dir(out, overwrite) as tmp:
     checkpointer = ocp.StandardCheckpointer()
@@ -75,3 +76,8 @@ def load_model(model_dir: str):
 def load_schedule(meta: dict) -> Schedule:
   """The noise schedule the exported model was trained with."""
   return get_schedule(meta["schedule"]["name"], meta["schedule"]["num_steps"])
+
+
+def load_prediction(meta: dict) -> str:
+  """What the exported network outputs: "eps" or "v"."""
+  return meta["schedule"].get("prediction", "eps")

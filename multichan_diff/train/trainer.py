@@ -118,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tc = config.train
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
   diff = config.diffusion
-  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on)
+  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
+                        diff.get("prediction", "eps"))
   step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay,
                             compute_dtype=tc.compute_dtype)
   train_step, state_sh = jit_train_step(step_fn, mesh, s.state, fsdp=config.mesh.fsdp > 1)
