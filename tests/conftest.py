@@ -38,3 +38,23 @@ def image_model(store_path, tmp_path_factory):
                "--config.train.steps=4", "--config.data.threads=2"]) == 0
   assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "model")]) == 0
   return str(root / "model")
+
+
+@pytest.fixture(scope="session")
+def cells_model(tmp_path_factory):
+  """(source h5ad, store, model dir): pbmc5k (200 cells, 30 % test) smoke-trained, exported."""
+  from helpers import DATA
+  from multichan_diff.cli import main
+  from multichan_diff.data.prepare_cells import prepare_citeseq
+  if not DATA.is_dir():
+    pytest.skip(f"shared data not found at {DATA}")
+  root = tmp_path_factory.mktemp("c")
+  src = DATA / "citeseq_pbmc5k_200cells.h5ad"
+  prepare_citeseq(str(src), str(root / "c.zarr"), genes="hvg:100", test_fraction=0.3)
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+  assert main(["train", "--config", f"{configs}/citeseq_teaseq.py:smoke", "--workdir",
+               str(root / "run"), f"--config.data.store={root / 'c.zarr'}",
+               "--config.train.steps=3", "--config.train.batch_size=16",
+               "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "m")]) == 0
+  return src, root / "c.zarr", root / "m"

@@ -1,7 +1,6 @@
 """Evaluation: observed sets, FOV reassembly, report summaries, and `evaluate` end to end."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -81,19 +80,11 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
 
 
 @needs_data
-def test_evaluate_cells_end_to_end(tmp_path, capsys):
-  from multichan_diff.data.prepare_cells import prepare_citeseq
-  src = DATA / "citeseq_pbmc5k_200cells.h5ad"
-  st = tmp_path / "c.zarr"
-  prepare_citeseq(str(src), str(st), genes="hvg:100", test_fraction=0.3)
-  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
-  assert main(["train", "--config", f"{configs}/citeseq_teaseq.py:smoke", "--workdir",
-               str(tmp_path / "run"), f"--config.data.store={st}", "--config.train.steps=3",
-               "--config.train.batch_size=16", "--config.data.threads=2"]) == 0
-  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
+  _, st, model = cells_model
   capsys.readouterr()
   out = tmp_path / "report"
-  assert main(["evaluate", "--model", str(tmp_path / "m"), "--store", str(st), "--out", str(out),
+  assert main(["evaluate", "--model", str(model), "--store", str(st), "--out", str(out),
                "--samples", "2", "--steps", "2"]) == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["methods"]) == {"model", "model_1_sample", "ridge_svd", "krr"}
@@ -102,6 +93,6 @@ def test_evaluate_cells_end_to_end(tmp_path, capsys):
   assert len(report["methods"]["model"]["per_channel"]) == 29
   assert (out / "cells.png").stat().st_size > 0 and (out / "per_channel.png").stat().st_size > 0
   # An existing report is left alone.
-  assert main(["evaluate", "--model", str(tmp_path / "m"), "--store", str(st), "--out",
+  assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
                str(out)]) == 2
   assert "already exists" in capsys.readouterr().err

@@ -121,25 +121,17 @@ def test_impute_cli_on_a_real_ome_tiff(tmp_path, image_model, capsys):
 
 
 @needs_data
-def test_impute_cells_writes_predictions_with_uncertainty(tmp_path, capsys):
-  from multichan_diff.data.prepare_cells import prepare_citeseq
-  src = DATA / "citeseq_pbmc5k_200cells.h5ad"
-  store = tmp_path / "c.zarr"
-  prepare_citeseq(str(src), str(store), genes="hvg:100")
-  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
-  assert main(["train", "--config", f"{configs}/citeseq_teaseq.py:smoke", "--workdir",
-               str(tmp_path / "run"), f"--config.data.store={store}", "--config.train.steps=3",
-               "--config.train.batch_size=16", "--config.data.threads=2"]) == 0
-  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+def test_impute_cells_writes_predictions_with_uncertainty(tmp_path, cells_model, capsys):
+  src, _, model = cells_model
   capsys.readouterr()
   out = tmp_path / "pred.h5ad"
-  assert main(["impute", "--model", str(tmp_path / "m"), "--input", str(src), "--out", str(out),
+  assert main(["impute", "--model", str(model), "--input", str(src), "--out", str(out),
                "--samples", "3", "--steps", "2", "--batch-size", "64"]) == 0
   a, b = anndata.read_h5ad(out), anndata.read_h5ad(src)
   pred, std = a.obsm["protein_predicted"], a.obsm["protein_predicted_std"]
   assert list(pred.columns) == list(b.obsm["protein_counts"].columns) == list(std.columns)
   assert list(pred.index) == list(b.obs_names) and pred.shape == (200, 29)
   assert np.isfinite(pred.to_numpy()).all() and (std.to_numpy() > 0).all()
-  assert main(["impute", "--model", str(tmp_path / "m"), "--input", str(src), "--out",
+  assert main(["impute", "--model", str(model), "--input", str(src), "--out",
                str(tmp_path / "p2.h5ad"), "--missing", "CD3"]) == 2
   assert "apply to images" in capsys.readouterr().err
