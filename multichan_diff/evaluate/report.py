@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -26,8 +27,9 @@ def summarise(result: dict, kind: str) -> dict:
       per = {k: sc[k] for k in ("pearson", "spearman", "rmse")}
     else:  # [S, C] with NaN where observed or constant: pool every scored (set, channel)
       mean = {k: _num(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in sc.items()}
-      with np.errstate(all="ignore"):
-        per = {k: np.nanmean(np.where(np.isfinite(v), v, np.nan), 0) for k, v in sc.items()}
+      with warnings.catch_warnings():  # a channel never scored has an empty mean: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per = {k: np.nanmean(v, 0) for k, v in sc.items()}
     methods[name] = {"mean": mean, "per_channel": {
         ch: {k: _num(per[k][i]) for k in per} for i, ch in enumerate(result["channels"])}}
   key = "r_p" if kind == "cells" else "pearson"
