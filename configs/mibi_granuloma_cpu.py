@@ -1,6 +1,6 @@
 """A CPU-budget model on MIBI granuloma at bin 4 (256 x 256 FOVs, the baselines' setting in
-the README): a narrower UNet (widths 32-64-128, 1.3 M parameters... see the README table for
-the measured count) trained for 3000 steps; test FOV Point7, validation Point6.
+the README): the default UNet narrowed to widths 32-64-128, 3000 steps at a higher learning
+rate; test FOV Point7, validation Point6.
 
     multichan-diff prepare images --input ../shared/data/mibi_granuloma \
       --panel ../shared/data/mibi_granuloma/panel.csv --out stores/granuloma_b4.zarr \
