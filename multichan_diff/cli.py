@@ -100,6 +100,18 @@ def _demo(args) -> dict:
                   tile=args.tile, bin_size=args.bin, overwrite=args.overwrite)
 
 
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+  """The options `impute` and `evaluate` share: how to sample, and how to match names."""
+  p.add_argument("--samples", type=int, default=8, help="posterior samples per tile / cell")
+  p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+  p.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
+  p.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")
+  p.add_argument("--name-map", help="CSV 'name,alias' of channel synonyms")
+  p.add_argument("--overwrite", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="multichan-diff",
@@ -174,16 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
   im.add_argument("--out", required=True)
   im.add_argument("--observed", help="comma-separated channels to condition on")
   im.add_argument("--missing", help="comma-separated channels to impute (all others observed)")
-  im.add_argument("--samples", type=int, default=8, help="posterior samples per tile / cell")
-  im.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-  im.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm")
-  im.add_argument("--seed", type=int, default=0)
-  im.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
-  im.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")
+  _add_sampling_args(im)
   im.add_argument("--panel", help="panel.csv for plain TIFFs")
-  im.add_argument("--name-map", help="CSV 'name,alias' of channel synonyms")
   im.add_argument("--layer", help="cells: read RNA counts from this layer instead of X")
-  im.add_argument("--overwrite", action="store_true")
   im.set_defaults(func=_impute)
 
   ev = verbs.add_parser(
@@ -197,14 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--mode", choices=("single", "multi", "panel"), default="single")
   ev.add_argument("--panel", help="with --mode panel: the observed channels")
   ev.add_argument("--out", required=True, help="report folder")
-  ev.add_argument("--samples", type=int, default=8)
-  ev.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-  ev.add_argument("--steps", type=int)
-  ev.add_argument("--seed", type=int, default=0)
-  ev.add_argument("--overlap", type=int)
-  ev.add_argument("--batch-size", type=int)
-  ev.add_argument("--name-map", help="CSV 'name,alias' (a union model on one of its stores)")
-  ev.add_argument("--overwrite", action="store_true")
+  _add_sampling_args(ev)
   ev.set_defaults(func=_evaluate)
 
   de = verbs.add_parser(

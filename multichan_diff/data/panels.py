@@ -73,15 +73,22 @@ def check_unique(names: Sequence[str], where: str, name_map: NameMap | None = No
     seen[k] = n
 
 
+def known(names: Sequence[str], panel: Sequence[str],
+          name_map: NameMap | None = None) -> dict[int, int]:
+  """{i: index into `panel`} for each of `names` that the panel has."""
+  name_map = name_map or NameMap()
+  index = {name_map.key(n): i for i, n in enumerate(panel)}
+  return {i: index[name_map.key(n)] for i, n in enumerate(names) if name_map.key(n) in index}
+
+
 def match(requested: Sequence[str], panel: Sequence[str],
           name_map: NameMap | None = None) -> list[int]:
   """Indices into `panel` of the `requested` names; unknown names list the panel."""
-  name_map = name_map or NameMap()
-  index = {name_map.key(n): i for i, n in enumerate(panel)}
-  unknown = [r for r in requested if name_map.key(r) not in index]
+  pos = known(requested, panel, name_map)
+  unknown = [r for i, r in enumerate(requested) if i not in pos]
   if unknown:
     raise ValueError(f"unknown channel(s) {unknown}; the panel is: {', '.join(panel)}")
-  return [index[name_map.key(r)] for r in requested]
+  return [pos[i] for i in range(len(requested))]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,12 +70,8 @@ def observed_channels(model_panel: list[str], image_channels: list[str], *,
   if bool(observed) == bool(missing):
     raise ValueError("give exactly one of --observed or --missing (comma-separated names)")
   panel = ", ".join(model_panel)
-  available = np.zeros(len(model_panel), bool)
-  for name in image_channels:
-    try:
-      available[panels.match([name], model_panel, name_map)[0]] = True
-    except ValueError:
-      pass  # a channel the model does not know is simply not used
+  available = np.zeros(len(model_panel), bool)  # a channel the model does not know is unused
+  available[list(panels.known(image_channels, model_panel, name_map).values())] = True
   mask = np.zeros(len(model_panel), bool)
   if observed:
     mask[panels.match(observed, model_panel, name_map)] = True
@@ -141,11 +137,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
       counts = bin_image(np.moveaxis(fov.image, 0, -1), meta.get("bin", 1),
                          meta.get("bin_how", "mean"))
       full = np.zeros(counts.shape[:2] + (len(names),), np.float32)
-      for j, name in enumerate(fov.channels):
-        try:
-          full[..., panels.match([name], names, nmap)[0]] = counts[..., j]
-        except ValueError:
-          pass
+      pos = panels.known(fov.channels, names, nmap)
+      full[..., list(pos.values())] = counts[..., list(pos)]
       draws = sample_image(posterior, norm.forward(full), mask, tile=tile, overlap=overlap,
                            key=jax.random.fold_in(key, i), progress=True)
       in_units = norm.inverse(draws)
