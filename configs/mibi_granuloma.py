@@ -11,4 +11,5 @@ from multichan_diff.default_config import finish, get_config as default
 def get_config(arg=None):
   config = default()
   config.data.store = "stores/granuloma.zarr"
+  config.data.context_norm = "fov"  # FOVs differ in intensity: see the README
   return finish(config, arg)

@@ -14,6 +14,7 @@ from multichan_diff.default_config import finish, get_config as default
 def get_config(arg=None):
   config = default()
   config.data.store = "stores/granuloma_b4.zarr"
+  config.data.context_norm = "fov"  # FOVs differ in intensity: see the README
   config.model.update(widths=(32, 64, 128), norm_groups=16)
   config.optim.update(learning_rate=4e-4, warmup_steps=200)
   config.train.update(steps=3000, eval_every=500, checkpoint_every=500, log_every=50)

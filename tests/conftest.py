@@ -29,13 +29,15 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def image_model(store_path, tmp_path_factory):
-  """A model smoke-trained on `store_path` and exported (4 steps: for plumbing, not skill)."""
+  """A model smoke-trained on `store_path` and exported (4 steps: for plumbing, not skill),
+  with the condition standardised per FOV (the demo covers the global default)."""
   from multichan_diff.cli import main
   root = tmp_path_factory.mktemp("m")
   configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
   assert main(["train", "--config", f"{configs}/default.py:smoke", "--workdir",
                str(root / "run"), f"--config.data.store={store_path}",
-               "--config.train.steps=4", "--config.data.threads=2"]) == 0
+               "--config.train.steps=4", "--config.data.threads=2",
+               "--config.data.context_norm=fov"]) == 0
   assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "model")]) == 0
   return str(root / "model")
 

@@ -98,6 +98,7 @@ def test_impute_cli_on_a_real_ome_tiff(tmp_path, image_model, capsys):
   summary = json.loads(capsys.readouterr().out)
   assert summary["imputed"] == ["CD3", "CD8"]
   meta = json.loads(open(os.path.join(image_model, "model.json")).read())
+  assert meta["context_norm"] == "fov"
   mean = readers.read_multichannel_tiff(str(out / "Point2206.ome.tif"))
   std = readers.read_multichannel_tiff(str(out / "Point2206_std.ome.tif"))
   assert mean.channels == meta["channels"] == std.channels

@@ -61,3 +61,18 @@ def test_vector_batch_uses_its_own_condition():
   loss, _ = loss_fn(model, batch, jax.random.key(0))
   # 'missing' with a separate condition: every target channel is missing, so it trains.
   assert float(loss) > 0
+
+
+def test_fov_statistics_standardise_the_condition_but_not_the_target():
+  from multichan_diff.diffusion.losses import condition_of
+  x0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)) + 7.0
+  obs = jnp.array([[True, False, True], [True, True, False]])
+  batch = {"x0": x0, "observed": obs, "cond_shift": jnp.full((2, 3), 7.0),
+           "cond_scale": jnp.full((2, 3), 2.0)}
+  cond, cond_mask, target_obs = condition_of(batch)
+  plain, _, _ = condition_of({"x0": x0, "observed": obs})
+  o = np.broadcast_to(np.asarray(obs)[:, None, None, :], x0.shape)
+  np.testing.assert_allclose(np.asarray(cond)[o], (np.asarray(plain)[o] - 7.0) / 2.0, rtol=1e-5)
+  assert (np.asarray(cond)[~o] == 0).all()
+  np.testing.assert_array_equal(cond_mask, obs)
+  np.testing.assert_array_equal(target_obs, obs)

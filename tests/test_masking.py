@@ -69,3 +69,15 @@ def test_masked_channels_are_exactly_zero_and_observed_pass_through():
   assert (np.asarray(c)[np.broadcast_to(~o, c.shape)] == 0).all()
   np.testing.assert_array_equal(np.asarray(c)[np.broadcast_to(o, c.shape)],
                                 np.asarray(x0)[np.broadcast_to(o, c.shape)])
+
+
+def test_condition_is_standardised_with_the_given_shift_and_scale():
+  x0 = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)) * 3.0 + 5.0
+  obs = jnp.array([[True, False, True], [False, True, True]])
+  shift = jnp.array([[5.0, 1.0, -2.0], [0.0, 4.0, 2.0]])
+  scale = jnp.array([[3.0, 2.0, 0.5], [1.0, 3.0, 4.0]])
+  c = np.asarray(mask_condition(x0, obs, shift, scale))
+  want = (np.asarray(x0) - np.asarray(shift)[:, None, None]) / np.asarray(scale)[:, None, None]
+  o = np.broadcast_to(np.asarray(obs)[:, None, None, :], c.shape)
+  np.testing.assert_allclose(c[o], want[o], rtol=1e-6)
+  assert (c[~o] == 0).all()

@@ -80,3 +80,26 @@ def test_counts_store_reads_the_same_as_a_normalised_store(tmp_path):
   with pytest.raises(ValueError, match="bin with --bin-how sum"):
     prepare_images(str(DATA / "mibi_dcis"), str(tmp_path / "m.zarr"), dtype="uint16",
                    tile=16, bin_size=8)
+
+
+def test_fov_context_norm_carries_each_tiles_fov_statistics(store_path):
+  from multichan_diff.data import store
+  from multichan_diff.data.transforms import fov_stats
+  from multichan_diff.evaluate.images import read_fovs
+  attrs = store.read_attributes(store_path)
+  (fov,) = read_fovs(store_path, "test")  # the whole FOV, every pixel covered
+  f = attrs["fovs"].index(fov.name)
+  mean, std = fov_stats(fov.image)
+  np.testing.assert_allclose(attrs["fov_mean"][f], mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(attrs["fov_std"][f], std, rtol=1e-5, atol=1e-5)
+  assert min(min(s) for s in attrs["fov_std"]) >= 0.1  # floored
+  src = StoreSource(store_path, "test", context_norm="fov")
+  rec = src[5]
+  np.testing.assert_array_equal(rec["cond_shift"], np.float32(attrs["fov_mean"][f]))
+  np.testing.assert_array_equal(rec["cond_scale"], np.float32(attrs["fov_std"][f]))
+  assert "cond_shift" not in StoreSource(store_path, "test")[5]
+  batch = next(iter(make_dataset(store_path, "train", global_batch_size=4,
+                                 context_norm="fov")))
+  assert batch["cond_shift"].shape == (4, 40) and batch["cond_scale"].shape == (4, 40)
+  with pytest.raises(ValueError, match="unknown context_norm"):
+    StoreSource(store_path, "test", context_norm="tile")

@@ -40,6 +40,14 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
   batch = next(make_iterator(make_dataset(str(out), "train", global_batch_size=32)))
   assert not (batch["observed"] & ~batch["present"]).any()
   assert {tuple(p) for p in batch["present"].tolist()} <= {tuple(p) for p in attrs["panel_present"]}
+  # Per-FOV statistics on the union's channels: each sample points at its own FOV's.
+  assert len(attrs["fov_mean"]) == 6 + 3 and len(attrs["sample_fov"]) == len(x)
+  g = store.read_attributes(str(tmp_path / "mibi_dcis.zarr"))
+  k = 96 + 5  # the 6th DCIS sample
+  dcis_idx = attrs["union_of"][1]["channel_index"]
+  np.testing.assert_allclose(np.asarray(attrs["fov_mean"][attrs["sample_fov"][k]])[dcis_idx],
+                             g["fov_mean"][g["tile_fov"][5]])
+  assert (np.asarray(attrs["fov_std"][attrs["sample_fov"][k]])[gran_only] == 1).all()
   # Without the map, E-cadherin and ECAD stay two channels.
   assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
                str(tmp_path / "mibi_dcis.zarr"), "--out", str(tmp_path / "u2.zarr")]) == 0

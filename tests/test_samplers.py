@@ -22,7 +22,8 @@ def test_ddim_with_oracle_epsilon_returns_x0(name, steps):
   s = get_schedule(name)
   x0 = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
   out = ddim_sample(s, _oracle(s, x0), jax.random.key(1), x0.shape, steps=steps)
-  np.testing.assert_allclose(out, x0, atol=1e-3)
+  # One cosine step divides float32 rounding by sqrt(alpha_bar_999) = 5e-5.
+  np.testing.assert_allclose(out, x0, atol=5e-3 if (name, steps) == ("cosine", 1) else 1e-3)
 
 
 def test_ddpm_with_oracle_epsilon_returns_x0():
@@ -63,6 +64,9 @@ def test_timestep_pairs():
   ts, prev = timestep_pairs(1000, 500)
   assert ts[0] == 999 and prev[-1] == -1 and len(ts) == 500
   assert (np.diff(ts) < 0).all() and (prev[:-1] == ts[1:]).all()
+  for steps in (1, 2, 50):  # every chain starts from pure noise
+    ts, prev = timestep_pairs(1000, steps)
+    assert ts[0] == 999 and prev[-1] == -1 and len(ts) == steps
   with pytest.raises(ValueError):
     timestep_pairs(1000, 0)
 

@@ -3,6 +3,8 @@
 Each record is a dict: `x0` [H, W, C] float32, `present` [C] bool (the channels its
 dataset measured) and `observed` [C] bool (the random mask of Algorithm 1, drawn from the
 record's own seed, so a run is reproducible and a restored iterator resumes exactly).
+With `context_norm = "fov"`, image records also carry `cond_shift` and `cond_scale` [C]:
+their FOV's channel mean and std, with which the condition is standardised.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.prepare import SPLITS
-from multichan_diff.data.transforms import Normalizer
+from multichan_diff.data.transforms import CONTEXT_NORMS, Normalizer
 from multichan_diff.diffusion.masking import sample_observed_np
 
 
 class StoreSource(grain.sources.RandomAccessDataSource):
   """Random access to one split of a store. Opened lazily, picklable, thread-safe."""
 
-  def __init__(self, path: str, split: str | None = "train"):
+  def __init__(self, path: str, split: str | None = "train", context_norm: str = "global"):
+    if context_norm not in CONTEXT_NORMS:
+      raise ValueError(f"unknown context_norm {context_norm!r}; choose from {CONTEXT_NORMS}")
     self.path = os.path.abspath(path)
     self._arrays = None
     self._lock = threading.Lock()
@@ -48,6 +52,14 @@ class StoreSource(grain.sources.RandomAccessDataSource):
       self.present = np.asarray(attrs["panel_present"], bool)[panel]
     else:
       self.present = np.ones((len(self.indices), len(self.channels)), bool)
+    self.fov_stats = None
+    if context_norm == "fov" and self.kind == "images":
+      if "fov_mean" not in attrs:
+        raise ValueError(f"{self.path}: the store has no per-FOV channel statistics, which "
+                         "context_norm 'fov' needs; prepare it again with this version")
+      fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))[self.indices]
+      self.fov_stats = (np.asarray(attrs["fov_mean"], np.float32)[fov],
+                        np.asarray(attrs["fov_std"], np.float32)[fov])
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -76,6 +88,8 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     if self.normalizer is not None:  # a counts store: normalise on reading
       record["x0"] = self.normalizer.forward(record["x0"])
     record["present"] = self.present[i]
+    if self.fov_stats is not None:
+      record["cond_shift"], record["cond_scale"] = self.fov_stats[0][i], self.fov_stats[1][i]
     return record
 
 
@@ -100,7 +114,7 @@ class RandomDihedral(grain.transforms.RandomMap):
 
 def make_dataset(path: str, split: str = "train", *, global_batch_size: int, seed: int = 0,
                  mask_p: float | tuple[float, float] = (0.1, 0.9), augment: bool = False,
-                 shuffle: bool = True,
+                 shuffle: bool = True, context_norm: str = "global",
                  num_epochs: int | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.MapDataset:
   """The batched MapDataset of this host's share: global_batch_size / process_count per batch."""
@@ -108,7 +122,7 @@ def make_dataset(path: str, split: str = "train", *, global_batch_size: int, see
   pc = jax.process_count() if process_count is None else process_count
   if global_batch_size % pc:
     raise ValueError(f"global batch {global_batch_size} does not split over {pc} hosts")
-  source = StoreSource(path, split)
+  source = StoreSource(path, split, context_norm)
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from multichan_diff.data import readers, store
-from multichan_diff.data.transforms import fit_normalizer
+from multichan_diff.data.transforms import fit_normalizer, fov_stats
 
 SPLITS = ("train", "val", "test")
 
@@ -79,6 +79,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   if not records:
     raise ValueError(f"{input_dir}: no tile passed the tissue filter (min signal {min_signal})")
   channels = fovs[0].channels
+  stats = [fov_stats(norm.forward(images[n])) for n in names]  # for context_norm = fov
   attrs = {
       "kind": "images", "channels": channels, "tile": tile, "stride": stride,
       "bin": bin_size, "bin_how": bin_how, "fovs": names,
@@ -87,6 +88,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
       "tile_origin": [[r[1], r[2]] for r in records],
       "sample_split": [SPLITS.index(split_of[r[0]]) for r in records],
       "normalizer": norm.to_dict(), "min_signal": min_signal,
+      "fov_mean": [m.tolist() for m, _ in stats], "fov_std": [sd.tolist() for _, sd in stats],
       "values": "counts" if counts else "normalized",
       "sources": [{"path": os.path.abspath(p), "sha256": store.sha256(p)}
                   for f in fovs for p in f.sources],
@@ -132,6 +134,7 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
       raise ValueError(f"{s}: tile {a['tile']} differs from {stores[0]}'s {attrs[0]['tile']}")
   u = panels.union([a["channels"] for a in attrs], nmap)
   arrays = [store.open_array(s, "x0") for s in stores]
+  stats = _union_fov_stats(stores, attrs, u.indices, len(u.names))
   n = sum(a.shape[0] for a in arrays)
   tile = attrs[0]["tile"]
   union_attrs = {
@@ -143,6 +146,7 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
       "sample_panel": [i for i, a in enumerate(arrays) for _ in range(a.shape[0])],
       "sample_split": [v for a in attrs for v in a["sample_split"]],
       "sources": [src for a in attrs for src in a["sources"]],
+      **stats,
   }
   with store.atomic_dir(out, overwrite) as tmp:
     store.create_group(tmp, union_attrs)
@@ -157,3 +161,20 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
         start += len(block)
   return {"store": os.path.abspath(out), "channels": len(u.names), "shared": u.shared,
           "samples": n}
+
+
+def _union_fov_stats(stores, attrs, indices, n_channels: int) -> dict:
+  """Every panel's per-FOV channel stats on the union's channels (mean 0 and std 1 where
+  a panel did not measure a channel) and each sample's FOV among them, or {} when some
+  store predates them."""
+  if not all("fov_mean" in a and "tile_fov" in a for a in attrs):
+    return {}
+  mean, std, sample_fov = [], [], []
+  for a, idx in zip(attrs, indices):
+    sample_fov += [len(mean) + f for f in a["tile_fov"]]
+    for m, sd in zip(a["fov_mean"], a["fov_std"]):
+      fm, fs = np.zeros(n_channels), np.ones(n_channels)
+      fm[idx], fs[idx] = m, sd
+      mean.append(fm.tolist())
+      std.append(fs.tolist())
+  return {"fov_mean": mean, "fov_std": std, "sample_fov": sample_fov}

@@ -68,6 +68,24 @@ class Normalizer:
     return cls(**d)
 
 
+# Per-FOV standardisation of the contextual network's input ("context_norm = fov").
+CONTEXT_NORMS = ("global", "fov")
+# A channel nearly absent from a FOV keeps this std (in globally normalised units, where
+# the training pixels have std 1), so its few bright pixels are not blown up into noise.
+FOV_STD_FLOOR = 0.1
+
+
+def fov_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """image [H, W, C] normalised -> (mean [C], std [C]) over its pixels, std floored.
+
+  FOVs differ in overall intensity (staining, acquisition), so the condition reads better
+  as each observed channel relative to its own FOV; the targets stay in global units.
+  """
+  pix = image.reshape(-1, image.shape[-1]).astype(np.float64)
+  return (pix.mean(0).astype(np.float32),
+          np.maximum(pix.std(0), FOV_STD_FLOOR).astype(np.float32))
+
+
 def fit_normalizer(images: Sequence[np.ndarray], *, kind: str = "arcsinh", cofactor: float = 5.0,
                    clip_percentile: float = 99.9, max_pixels: int = 2_000_000,
                    seed: int = 0) -> Normalizer:

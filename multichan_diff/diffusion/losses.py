@@ -2,7 +2,8 @@
 
 A batch is a dict of arrays. Images: `x0` [B, H, W, C], `present` [B, C] (channels the
 sample's dataset measured), `observed` [B, C] (the random mask; the condition is x0 on
-those channels). The vector variant brings its own condition instead: `cond`
+those channels) and optionally `cond_shift`, `cond_scale` [B, C] (the sample's FOV's
+channel mean and std, which standardise the condition; the target stays as it is). The vector variant brings its own condition instead: `cond`
 [B, 1, 1, G] (genes, always observed) and optionally `cond_mask` [B, G].
 """
 
@@ -28,7 +29,8 @@ def condition_of(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
     cond_mask = batch.get("cond_mask", jnp.ones(cond.shape[:1] + cond.shape[-1:], bool))
     return cond, cond_mask, jnp.zeros(x0.shape[:1] + x0.shape[-1:], bool)
   observed = batch["observed"].astype(bool)
-  return mask_condition(x0, observed), observed, observed
+  cond = mask_condition(x0, observed, batch.get("cond_shift"), batch.get("cond_scale"))
+  return cond, observed, observed
 
 
 def masked_mse(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:

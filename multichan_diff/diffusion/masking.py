@@ -60,6 +60,13 @@ def sample_observed_np(rng: np.random.Generator, present: np.ndarray,
   return observed_from_uniforms(rng.random(present.shape), prob, present, xp=np)
 
 
-def mask_condition(x0: jax.Array, observed: jax.Array) -> jax.Array:
-  """c = x0 on observed channels, exactly 0 elsewhere: x0 [B, H, W, C], observed [B, C]."""
+def mask_condition(x0: jax.Array, observed: jax.Array, shift: jax.Array | None = None,
+                   scale: jax.Array | None = None) -> jax.Array:
+  """c = x0 on observed channels, exactly 0 elsewhere: x0 [B, H, W, C], observed [B, C].
+
+  With shift and scale [B, C] (a FOV's own channel mean and std), the observed channels
+  are standardised first: c = (x0 - shift) / scale there, still 0 elsewhere.
+  """
+  if shift is not None:
+    x0 = (x0 - shift[:, None, None, :].astype(x0.dtype)) / scale[:, None, None, :].astype(x0.dtype)
   return jnp.where(observed[:, None, None, :], x0, jnp.zeros_like(x0))

@@ -30,7 +30,8 @@ def timestep_pairs(num_train_steps: int, steps: int) -> tuple[np.ndarray, np.nda
   """Evenly spaced (t, t_prev) pairs from T-1 down to 0, then t_prev = -1 (clean data)."""
   if not 1 <= steps <= num_train_steps:
     raise ValueError(f"steps must be in [1, {num_train_steps}], got {steps}")
-  ts = np.unique(np.round(np.linspace(0, num_train_steps - 1, steps)).astype(np.int32))[::-1]
+  # Spaced from the top, so one step is t = T - 1 (pure noise), not t = 0.
+  ts = np.unique(np.round(np.linspace(num_train_steps - 1, 0, steps)).astype(np.int32))[::-1]
   return ts, np.append(ts[1:], -1).astype(np.int32)
 
 

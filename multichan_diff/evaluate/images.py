@@ -101,7 +101,8 @@ def _scores(pred: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -
 
 def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
                     panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
-                    tile: int, overlap: int, seed: int = 0, progress: bool = True) -> dict:
+                    tile: int, overlap: int, context_norm: str | None = "global",
+                    seed: int = 0, progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
   channel_index [C_store]: each store channel's index in the model's panel (a union model
@@ -122,7 +123,8 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
     mean, single = [], []
     for i, f in enumerate(test):
       draws = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
-                           overlap, jax.random.fold_in(key, s * 1000 + i), progress)
+                           overlap, jax.random.fold_in(key, s * 1000 + i), context_norm,
+                           progress)
       mean.append(draws.mean(0))
       single.append(draws[0])
       if i == 0:  # a crop of the first FOV for each channel, from the first set missing it
@@ -147,7 +149,7 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
 
 def _model_draws(posterior: Posterior, image: np.ndarray, observed: np.ndarray,
                  channel_index: np.ndarray, model_channels: int, tile: int, overlap: int,
-                 key, progress: bool) -> np.ndarray:
+                 key, context_norm: str | None, progress: bool) -> np.ndarray:
   """Samples [K, H, W, C_store]: the store's channels placed in the model's panel (the
   model's other channels, if any, are neither observed nor scored)."""
   full = np.zeros(image.shape[:2] + (model_channels,), np.float32)
@@ -155,5 +157,5 @@ def _model_draws(posterior: Posterior, image: np.ndarray, observed: np.ndarray,
   obs = np.zeros(model_channels, bool)
   obs[channel_index[observed]] = True
   draws = sample_image(posterior, full, obs, tile=tile, overlap=overlap, key=key,
-                       progress=progress)
+                       context_norm=context_norm, progress=progress)
   return draws[..., channel_index]

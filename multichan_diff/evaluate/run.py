@@ -48,7 +48,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
     result = evaluate_images(posterior, store_path, split=split, mode=mode, panel=chosen,
                              channel_index=index, model_channels=len(meta["channels"]),
                              tile=tile, overlap=tile // 4 if overlap is None else overlap,
-                             seed=seed)
+                             context_norm=meta.get("context_norm"), seed=seed)
   with store.atomic_dir(out, overwrite) as tmp:
     summary = report.write(tmp, result, info)
   heads = {m: v["mean"] for m, v in summary["methods"].items()}

@@ -14,7 +14,7 @@ import numpy as np
 
 from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
-from multichan_diff.data.transforms import Normalizer
+from multichan_diff.data.transforms import Normalizer, fov_stats
 from multichan_diff.impute import tiling
 from multichan_diff.impute.posterior import Posterior
 from multichan_diff.train.metrics import Progress
@@ -39,19 +39,29 @@ def model_normalizer(meta: dict) -> Normalizer:
 
 
 def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, *, tile: int,
-                 overlap: int, key: jax.Array, progress: bool = False) -> np.ndarray:
+                 overlap: int, key: jax.Array, context_norm: str | None = "global",
+                 progress: bool = False) -> np.ndarray:
   """image [H, W, C] normalised (missing channels: any value), observed [C] bool ->
-  K blended samples [K, H, W, C], observed channels equal to the input."""
+  K blended samples [K, H, W, C], observed channels equal to the input.
+
+  context_norm 'fov': the condition is standardised with this image's own channel mean
+  and std, as the model saw its training FOVs (the model.json says which).
+  """
   h, w, c = image.shape
   padded = tiling.pad_to_tile(image, tile)
   starts = tiling.origins(padded.shape[0], padded.shape[1], tile, overlap)
   blend = tiling.Blender((posterior.num_samples,) + padded.shape, tile)
   bar = Progress(len(starts), unit="tiles") if progress else None
   obs = np.broadcast_to(observed.astype(bool), (posterior.batch_size, c))
+  context = None
+  if context_norm == "fov":
+    context = tuple(np.broadcast_to(v, (posterior.batch_size, c)) for v in fov_stats(image))
   for lo in range(0, len(starts), posterior.batch_size):
     chunk = starts[lo:lo + posterior.batch_size]
     tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
-    samples = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:len(chunk)])
+    n = len(chunk)
+    samples = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:n],
+                               context and (context[0][:n], context[1][:n]))
     for i, origin in enumerate(chunk):
       blend.add(samples[:, i], origin)
     if bar:
@@ -140,7 +150,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
       pos = panels.known(fov.channels, names, nmap)
       full[..., list(pos.values())] = counts[..., list(pos)]
       draws = sample_image(posterior, norm.forward(full), mask, tile=tile, overlap=overlap,
-                           key=jax.random.fold_in(key, i), progress=True)
+                           key=jax.random.fold_in(key, i),
+                           context_norm=meta.get("context_norm"), progress=True)
       in_units = norm.inverse(draws)
       mean, std = in_units.mean(0), in_units.std(0)
       mean[..., mask], std[..., mask] = full[..., mask], 0.0

@@ -34,9 +34,10 @@ class Posterior:
     graphdef, state = nnx.split(model)
     self._state = state
 
-    def images(state, key, x, observed):
+    def images(state, key, x, observed, shift, scale):
       m = nnx.merge(graphdef, state)
-      out = sample_posterior(m, schedule, key, mask_condition(x, observed), observed, x.shape,
+      cond = mask_condition(x, observed, shift, scale)
+      out = sample_posterior(m, schedule, key, cond, observed, x.shape,
                              sampler=sampler, steps=self.steps, num_samples=self.num_samples,
                              x_known=x, known=observed, x0_range=x0_range,
                              prediction=prediction)
@@ -61,10 +62,15 @@ class Posterior:
     args = [pad(first)] + [pad(a) if isinstance(a, np.ndarray) else a for a in rest]
     return np.asarray(fn(self._state, key, *args))[:, :n]
 
-  def images(self, key: jax.Array, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
+  def images(self, key: jax.Array, x: np.ndarray, observed: np.ndarray,
+             context: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """x [B, H, W, C] normalised (any value on missing channels), observed [B, C] bool ->
-    samples [K, B, H, W, C], observed channels equal to x."""
-    return self._padded(self._images, key, x.astype(np.float32), observed.astype(bool))
+    samples [K, B, H, W, C], observed channels equal to x. context: (shift, scale) [B, C]
+    that standardise the condition (a model trained with context_norm 'fov'), or None."""
+    b, c = observed.shape
+    shift, scale = context or (np.zeros((b, c), np.float32), np.ones((b, c), np.float32))
+    return self._padded(self._images, key, x.astype(np.float32), observed.astype(bool),
+                        np.asarray(shift, np.float32), np.asarray(scale, np.float32))
 
   def cells(self, key: jax.Array, genes: np.ndarray, num_proteins: int) -> np.ndarray:
     """genes [B, G] normalised -> samples [K, B, P]."""

@@ -39,7 +39,7 @@ def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
   ckpts.close()
   diffusion = run["config"]["diffusion"]
   meta = {"model": run["model"], "channels": run["channels"], "genes": run.get("genes"),
-          "kind": run["kind"], "step": step,
+          "kind": run["kind"], "step": step, "context_norm": run.get("context_norm"),
           "schedule": {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
                        "prediction": diffusion.get("prediction", "eps")},
           **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}

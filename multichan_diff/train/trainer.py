@@ -52,6 +52,11 @@ def model_config(config: ml_collections.ConfigDict, attrs: dict) -> ModelConfig:
   return ModelConfig.from_mapping(config.model.to_dict(), **extra)
 
 
+def context_norm(config: ml_collections.ConfigDict) -> str:
+  """How the observed channels are scaled for the contextual network: global or fov."""
+  return config.data.get("context_norm", "global")
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run builds from (config, store), shared by training and export."""
@@ -76,6 +81,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   graphdef, rest, state = init_train_state(model, tx)
   run = {"model": json.loads(json.dumps(dataclasses.asdict(mcfg))),
          "channels": attrs["channels"], "genes": attrs.get("genes"), "kind": attrs["kind"],
+         "context_norm": context_norm(config) if attrs["kind"] == "images" else None,
          "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
   return Setup(config, attrs, mcfg, graphdef, rest, state, tx, run)
 
@@ -83,7 +89,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
   for key, what in (("model", "model config"), ("channels", "channel panel"),
-                    ("genes", "gene list")):
+                    ("genes", "gene list"), ("context_norm", "context_norm")):
     if saved.get(key) != run.get(key):
       diff = saved.get(key), run.get(key)
       if isinstance(diff[0], dict) and isinstance(diff[1], dict):
@@ -105,7 +111,8 @@ def _eval_batches(config, sharding):
   if batch == 0:
     return []
   ds = make_dataset(config.data.store, "val", global_batch_size=batch,
-                    seed=config.train.seed, shuffle=False, num_epochs=1)
+                    seed=config.train.seed, shuffle=False, num_epochs=1,
+                    context_norm=context_norm(config))
   it = iter(ds)
   return [to_global(b, sharding) for _, b in zip(range(config.train.eval_batches), it)]
 
@@ -128,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
                                   seed=tc.seed, mask_p=diff.mask_p,
-                                  augment=config.data.get("augment", False)),
+                                  augment=config.data.get("augment", False),
+                                  context_norm=context_norm(config)),
                      num_threads=config.data.threads)
   ckpts = Checkpoints(workdir, tc.keep_checkpoints)
   start = ckpts.latest_step() or 0
