@@ -63,7 +63,7 @@ def tile_loop(posterior, padded: np.ndarray, starts, observed: np.ndarray, tile:
   for lo in range(0, min(n_batches * b, len(starts)), b):
     chunk = starts[lo:lo + b]
     tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
-    samples = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:len(chunk)])
+    samples, _ = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:len(chunk)])
     for i, origin in enumerate(chunk):
       blend.add(samples[:, i], origin)
 
@@ -102,14 +102,14 @@ def time_images(model, schedule, args, sampler: str, steps: int, steps_run: int)
   def timed(run_steps: int) -> tuple[float, float]:
     """(warm-up s, timed s over n calls) for a posterior running `run_steps` steps."""
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
-                     num_samples=args.samples, batch_size=b, x0_range=None)
+                     num_samples=args.samples, batch_size=b, x0_range=None, point=args.point)
     t0 = time.perf_counter()
     tile_loop(post, padded, starts, observed, tile, 1, key, blender())  # compiles
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     if n == calls and run_steps == steps:
       jax.block_until_ready(sample_image(post, image, observed, tile=tile,
-                                         overlap=args.overlap, key=key))
+                                         overlap=args.overlap, key=key)[0])
     else:
       tile_loop(post, padded, starts, observed, tile, n, key, blender())
     return warm, time.perf_counter() - t0
@@ -136,12 +136,12 @@ def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int) 
 
   def timed(run_steps: int) -> tuple[float, float]:
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
-                     num_samples=args.samples, batch_size=b)
+                     num_samples=args.samples, batch_size=b, point=args.point)
     t0 = time.perf_counter()
     post.cells(key, genes[:b], args.proteins)  # compiles
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.block_until_ready(sample_cells(post, genes, args.proteins, key=key))
+    jax.block_until_ready(sample_cells(post, genes, args.proteins, key=key)[0])
     return warm, time.perf_counter() - t0
 
   warm, dt = timed(steps_run)
@@ -165,6 +165,9 @@ def main():
   parser.add_argument("--samplers", nargs="+", choices=sorted(SAMPLER_NAMES),
                       default=["ddpm", "ddim"], help="at their default steps (500, 50)")
   parser.add_argument("--samples", type=int, default=1, help="K posterior samples per input")
+  parser.add_argument("--point", choices=("samples", "denoiser"), default="samples",
+                      help="'denoiser' adds the one-step point estimate (K more network "
+                           "calls) to the chains, as `impute` does by default")
   parser.add_argument("--time-steps", type=int, default=None,
                       help="sampler steps actually run (default: the sampler's full count)")
   parser.add_argument("--tile-batches", type=int, default=None,

@@ -70,7 +70,7 @@ def _export(args) -> dict:
 def _impute(args) -> dict:
   from multichan_diff.train.export import read_meta
   common = dict(samples=args.samples, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                overwrite=args.overwrite)
+                point=args.point, overwrite=args.overwrite)
   if read_meta(args.model)["kind"] == "cells":
     if args.observed or args.missing:
       raise ValueError("a cells model predicts every protein from the RNA; --observed and "
@@ -90,7 +90,7 @@ def _evaluate(args) -> dict:
   return evaluate(args.model, args.store, args.out, split=args.split, mode=args.mode,
                   panel=_names(args.panel), samples=args.samples, sampler=args.sampler,
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
-                  batch_size=args.batch_size, name_map=args.name_map,
+                  batch_size=args.batch_size, name_map=args.name_map, point=args.point,
                   overwrite=args.overwrite)
 
 
@@ -105,6 +105,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--samples", type=int, default=8, help="posterior samples per tile / cell")
   p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
   p.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm")
+  p.add_argument("--point", choices=("denoiser", "samples"), default="denoiser",
+                 help="the point estimate (posterior mean): the network's x0 estimate from "
+                      "pure noise, averaged over K draws, or the mean of the K samples")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
   p.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")

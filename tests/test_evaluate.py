@@ -64,7 +64,8 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
                "--steps", "2"]) == 0
   summary = json.loads(capsys.readouterr().out)
   report = json.loads((out / "report.json").read_text())
-  assert set(report["methods"]) == {"model", "model_1_sample", "most_correlated",
+  assert set(report["methods"]) == {"model", "model_1_sample", "model_samples_mean",
+                                    "most_correlated",
                                     "most_correlated_smoothed", "ridge", "ridge_smoothed"}
   assert summary["best_baseline"] == report["best_baseline"]
   per = report["methods"]["ridge"]["per_channel"]
@@ -87,7 +88,8 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out", str(out),
                "--samples", "2", "--steps", "2"]) == 0
   report = json.loads((out / "report.json").read_text())
-  assert set(report["methods"]) == {"model", "model_1_sample", "ridge_svd", "krr"}
+  assert set(report["methods"]) == {"model", "model_1_sample", "model_samples_mean",
+                                    "ridge_svd", "krr"}
   krr = report["methods"]["krr"]["mean"]
   assert 0 < krr["r_p"] < 1 and 0 < krr["r_c"] <= 1
   assert len(report["methods"]["model"]["per_channel"]) == 29

@@ -52,11 +52,37 @@ def test_sample_image_of_any_size_keeps_observed_channels():
   post = Posterior(model, get_schedule("linear", 100), steps=3, num_samples=2, batch_size=4)
   image = np.random.default_rng(0).normal(size=(21, 37, 3)).astype(np.float32)
   observed = np.array([True, False, True])
-  draws = sample_image(post, image, observed, tile=16, overlap=4, key=jax.random.key(0))
+  draws, point = sample_image(post, image, observed, tile=16, overlap=4,
+                              key=jax.random.key(0))
   assert draws.shape == (2, 21, 37, 3) and np.isfinite(draws).all()
+  assert point.shape == (21, 37, 3) and np.isfinite(point).all()
   np.testing.assert_array_equal(draws[..., observed], np.broadcast_to(image[..., observed],
                                                                       (2, 21, 37, 2)))
+  np.testing.assert_array_equal(point[..., observed], image[..., observed])
   assert not np.allclose(draws[0, ..., 1], draws[1, ..., 1])  # two samples differ
+
+
+def test_point_estimates():
+  cfg, model = tiny_model(3)
+  perturb_params(model)
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  obs = np.array([[True, False, False], [False, True, True]])
+  run = lambda **kw: Posterior(model, get_schedule("linear", 100), num_samples=3,
+                               batch_size=2, **kw).images(jax.random.key(4), x, obs)
+  samples, mean = run(steps=4, point="samples")
+  np.testing.assert_allclose(mean[~obs[:, None, None, :].repeat(8, 1).repeat(8, 2)],
+                             samples.mean(0)[~obs[:, None, None, :].repeat(8, 1).repeat(8, 2)],
+                             rtol=1e-5, atol=1e-6)
+  # The denoiser's estimate comes from pure noise in one network call per draw: it does
+  # not depend on how long the chains that give the uncertainty are.
+  s4, d4 = run(steps=4)
+  s7, d7 = run(steps=7)
+  np.testing.assert_allclose(d4, d7, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(s4, s7) and not np.allclose(d4, mean)
+  np.testing.assert_array_equal(d4[..., 0][obs[:, None, 0].repeat(8, 1)],
+                                x[..., 0][obs[:, None, 0].repeat(8, 1)])
+  with pytest.raises(ValueError, match="point estimate"):
+    Posterior(model, get_schedule("linear", 100), point="median")
 
 
 def test_samples_stay_in_the_data_range():
@@ -66,8 +92,8 @@ def test_samples_stay_in_the_data_range():
   post = Posterior(model, get_schedule("linear", 100), steps=5, num_samples=2, batch_size=2,
                    x0_range=(lo, hi))
   x = np.zeros((2, 16, 16, 2), np.float32)
-  out = post.images(jax.random.key(1), x, np.array([[False, False]] * 2))
-  assert out.min() >= lo.min() - 1e-5 and (out[..., 1] <= hi[1] + 1e-5).all()
+  for out in post.images(jax.random.key(1), x, np.array([[False, False]] * 2)):
+    assert out.min() >= lo.min() - 1e-5 and (out[..., 1] <= hi[1] + 1e-5).all()
 
 
 def test_observed_channel_rules_and_errors():

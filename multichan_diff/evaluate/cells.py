@@ -12,7 +12,7 @@ import numpy as np
 
 from multichan_diff.data import readers, store
 from multichan_diff.data.prepare import SPLITS
-from multichan_diff.evaluate.images import fit_splits
+from multichan_diff.evaluate.images import fit_splits, sample_rows
 from multichan_diff.data.prepare_cells import clr, log1p_cp10k
 from multichan_diff.evaluate import metrics
 from multichan_diff.evaluate.baselines import cell_baselines
@@ -49,9 +49,10 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
   genes = np.asarray(store.open_array(store_path, "cond")[idx].read().result())[:, 0, 0]
   truth_z = np.asarray(store.open_array(store_path, "x0")[idx].read().result())[:, 0, 0]
   truth = to_clr(truth_z, meta)
-  draws = to_clr(sample_cells(posterior, genes, len(meta["channels"]),
-                              key=jax.random.key(seed), progress=progress), meta)
-  preds = {"model": draws.mean(0), "model_1_sample": draws[0]}
+  draws, mean = sample_cells(posterior, genes, len(meta["channels"]),
+                             key=jax.random.key(seed), progress=progress)
+  draws = to_clr(draws, meta)
+  preds = {"model": to_clr(mean, meta), **sample_rows(posterior, draws)}
   if baselines:
     cells = _source_cells(attrs, store_path)
     rna = log1p_cp10k(cells.rna)

@@ -120,12 +120,13 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   examples: dict[str, dict] = {}
   for s, observed in enumerate(sets):
     missing = ~observed
-    mean, single = [], []
+    mean, samples_mean, single = [], [], []
     for i, f in enumerate(test):
-      draws = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
+      draws, point = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
                            overlap, jax.random.fold_in(key, s * 1000 + i), context_norm,
                            progress)
-      mean.append(draws.mean(0))
+      mean.append(point)
+      samples_mean.append(draws.mean(0))
       single.append(draws[0])
       if i == 0:  # a crop of the first FOV for each channel, from the first set missing it
         y0, x0 = (max((n - tile) // 2, 0) for n in f.image.shape[:2])
@@ -135,7 +136,8 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
           examples.setdefault(channels[c], {
               "fov": f.name, "truth": crop(f.image)[..., c], "mean": crop(mean[-1])[..., c],
               "std": std[..., c]})
-    preds = {"model": mean, "model_1_sample": single, **baselines.predict(observed)}
+    preds = {"model": mean, **sample_rows(posterior, samples_mean, single),
+             **baselines.predict(observed)}
     for name, pred in preds.items():
       got = _scores(pred, test, missing)
       for metric, values in got.items():
@@ -147,15 +149,28 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
           "examples": examples}
 
 
+def sample_rows(posterior: Posterior, samples_mean, one_sample=None) -> dict:
+  """The rows scored beside the point estimate ("model"): one sample, and the mean of the
+  K samples when the point estimate is the denoiser's (else it is "model" itself).
+  samples_mean: the mean of the samples, or the samples [K, ...] themselves."""
+  if one_sample is None:
+    samples_mean, one_sample = samples_mean.mean(0), samples_mean[0]
+  rows = {"model_1_sample": one_sample}
+  if posterior.point != "samples":
+    rows["model_samples_mean"] = samples_mean
+  return rows
+
+
 def _model_draws(posterior: Posterior, image: np.ndarray, observed: np.ndarray,
                  channel_index: np.ndarray, model_channels: int, tile: int, overlap: int,
-                 key, context_norm: str | None, progress: bool) -> np.ndarray:
-  """Samples [K, H, W, C_store]: the store's channels placed in the model's panel (the
-  model's other channels, if any, are neither observed nor scored)."""
+                 key, context_norm: str | None, progress: bool):
+  """(samples [K, H, W, C_store], point estimate [H, W, C_store]): the store's channels
+  placed in the model's panel (its other channels, if any, are neither observed nor
+  scored)."""
   full = np.zeros(image.shape[:2] + (model_channels,), np.float32)
   full[..., channel_index] = image
   obs = np.zeros(model_channels, bool)
   obs[channel_index[observed]] = True
-  draws = sample_image(posterior, full, obs, tile=tile, overlap=overlap, key=key,
-                       context_norm=context_norm, progress=progress)
-  return draws[..., channel_index]
+  draws, point = sample_image(posterior, full, obs, tile=tile, overlap=overlap, key=key,
+                              context_norm=context_norm, progress=progress)
+  return draws[..., channel_index], point[..., channel_index]

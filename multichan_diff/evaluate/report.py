@@ -10,7 +10,9 @@ import warnings
 
 import numpy as np
 
-BASELINE_EXCLUDE = ("model", "model_1_sample")
+BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
+POINT_WORDS = {"denoiser": "the network's x0 estimate from pure noise averaged over {k} draws",
+               "samples": "the mean of {k} samples"}
 
 
 def _num(v) -> float | None:
@@ -44,8 +46,12 @@ def markdown(summary: dict, info: dict) -> str:
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
            + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
            f"Model `{info['model']}` on store `{info['store']}`; {info['sampler']} with "
-           f"{info['steps']} steps, posterior mean over {info['samples']} samples "
-           f"(`model`) and one sample (`model_1_sample`). Best baseline: "
+           f"{info['steps']} steps; `model` is the posterior mean as "
+           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}, "
+           f"`model_1_sample` one sample"
+           + ("" if info.get("point", "samples") == "samples" else
+              f", `model_samples_mean` the mean of the {info['samples']} samples")
+           + ". Best baseline: "
            f"`{summary['best_baseline']}`.", ""]
   heads = list(next(iter(methods.values()))["mean"])
   lines += ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]

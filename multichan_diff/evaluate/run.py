@@ -17,7 +17,8 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              mode: str = "single", panel: list[str] | None = None, samples: int = 8,
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
-             name_map: str | None = None, overwrite: bool = False) -> dict:
+             name_map: str | None = None, point: str = "denoiser",
+             overwrite: bool = False) -> dict:
   from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
   model, meta = load_model(model_dir)
@@ -27,10 +28,11 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples,
                         batch_size=batch_size or (256 if kind == "cells" else 16),
-                        x0_range=bounds, prediction=load_prediction(meta))
+                        x0_range=bounds, prediction=load_prediction(meta), point=point)
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
-          "sampler": sampler, "steps": posterior.steps, "samples": samples, "seed": seed}
+          "sampler": sampler, "steps": posterior.steps, "samples": samples, "point": point,
+          "seed": seed}
   if kind == "cells":
     from multichan_diff.evaluate.cells import evaluate_cells
     result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)

@@ -37,8 +37,8 @@ def genes_matrix(rna, genes: list[str], meta: dict, where: str) -> tuple[np.ndar
 
 
 def sample_cells(posterior: Posterior, genes: np.ndarray, num_proteins: int, *,
-                 key: jax.Array, progress: bool = False) -> np.ndarray:
-  """genes [N, G] normalised -> samples [K, N, P] (z-scored proteins)."""
+                 key: jax.Array, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """genes [N, G] normalised -> (samples [K, N, P], point estimate [N, P]), z-scored."""
   n, b = len(genes), posterior.batch_size
   bar = Progress(n, unit="cells") if progress else None
   parts = []
@@ -48,7 +48,8 @@ def sample_cells(posterior: Posterior, genes: np.ndarray, num_proteins: int, *,
       bar.update(min(lo + b, n))
   if bar:
     bar.close()
-  return np.concatenate(parts, axis=1)
+  return (np.concatenate([s for s, _ in parts], axis=1),
+          np.concatenate([m for _, m in parts], axis=0))
 
 
 def to_clr(z: np.ndarray, meta: dict) -> np.ndarray:
@@ -58,7 +59,7 @@ def to_clr(z: np.ndarray, meta: dict) -> np.ndarray:
 
 def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
                  sampler: str = "ddim", steps: int | None = None, seed: int = 0,
-                 batch_size: int = 256, layer: str | None = None,
+                 batch_size: int = 256, layer: str | None = None, point: str = "denoiser",
                  overwrite: bool = False) -> dict:
   """Writes `out`: the input h5ad plus obsm['protein_predicted'] (posterior mean) and
   obsm['protein_predicted_std'], DataFrames with the model's protein names."""
@@ -81,12 +82,12 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
   genes, missing = genes_matrix(rna, list(map(str, adata.var_names)), meta, input_path)
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples, batch_size=batch_size,
-                        prediction=load_prediction(meta))
-  draws = to_clr(sample_cells(posterior, genes, len(meta["channels"]),
-                              key=jax.random.key(seed), progress=True), meta)
+                        prediction=load_prediction(meta), point=point)
+  draws, mean = sample_cells(posterior, genes, len(meta["channels"]),
+                             key=jax.random.key(seed), progress=True)
   frame = lambda v: pd.DataFrame(v, index=adata.obs_names, columns=meta["channels"])
-  adata.obsm["protein_predicted"] = frame(draws.mean(0))
-  adata.obsm["protein_predicted_std"] = frame(draws.std(0))
+  adata.obsm["protein_predicted"] = frame(to_clr(mean, meta))
+  adata.obsm["protein_predicted_std"] = frame(to_clr(draws, meta).std(0))
   out = os.path.abspath(out)
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
   os.close(fd)

@@ -40,9 +40,10 @@ def model_normalizer(meta: dict) -> Normalizer:
 
 def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, *, tile: int,
                  overlap: int, key: jax.Array, context_norm: str | None = "global",
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """image [H, W, C] normalised (missing channels: any value), observed [C] bool ->
-  K blended samples [K, H, W, C], observed channels equal to the input.
+  (K blended samples [K, H, W, C], blended point estimate [H, W, C]), observed channels
+  equal to the input.
 
   context_norm 'fov': the condition is standardised with this image's own channel mean
   and std, as the model saw its training FOVs (the model.json says which).
@@ -50,7 +51,7 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   h, w, c = image.shape
   padded = tiling.pad_to_tile(image, tile)
   starts = tiling.origins(padded.shape[0], padded.shape[1], tile, overlap)
-  blend = tiling.Blender((posterior.num_samples,) + padded.shape, tile)
+  blend = tiling.Blender((posterior.num_samples + 1,) + padded.shape, tile)  # + the point
   bar = Progress(len(starts), unit="tiles") if progress else None
   obs = np.broadcast_to(observed.astype(bool), (posterior.batch_size, c))
   context = None
@@ -60,17 +61,17 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
     chunk = starts[lo:lo + posterior.batch_size]
     tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
     n = len(chunk)
-    samples = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:n],
-                               context and (context[0][:n], context[1][:n]))
+    samples, point = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:n],
+                                      context and (context[0][:n], context[1][:n]))
     for i, origin in enumerate(chunk):
-      blend.add(samples[:, i], origin)
+      blend.add(np.concatenate([samples[:, i], point[i][None]]), origin)
     if bar:
       bar.update(lo + len(chunk))
   if bar:
     bar.close()
   out = blend.result()[:, :h, :w]
   out[..., observed] = image[..., observed]  # exact, not blended
-  return out
+  return out[:-1], out[-1]
 
 
 def observed_channels(model_panel: list[str], image_channels: list[str], *,
@@ -120,9 +121,9 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
                   samples: int = 8, sampler: str = "ddim", steps: int | None = None,
                   seed: int = 0, overlap: int | None = None, batch_size: int = 16,
                   panel_csv: str | None = None, name_map: str | None = None,
-                  overwrite: bool = False) -> dict:
+                  point: str = "denoiser", overwrite: bool = False) -> dict:
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
-  posterior mean) and OUT/<fov>_std.ome.tif (the standard deviation over the samples), both
+  posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over the samples), both
   in the input's units at the model's pixel size (the input binned by the model's bin)."""
   from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
@@ -135,7 +136,7 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   norm = model_normalizer(meta)
   posterior = Posterior(loaded, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples, batch_size=batch_size, x0_range=norm.bounds(),
-                        prediction=load_prediction(meta))
+                        prediction=load_prediction(meta), point=point)
   overlap = tile // 4 if overlap is None else overlap
   key = jax.random.key(seed)
   written = []
@@ -149,11 +150,10 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
       full = np.zeros(counts.shape[:2] + (len(names),), np.float32)
       pos = panels.known(fov.channels, names, nmap)
       full[..., list(pos.values())] = counts[..., list(pos)]
-      draws = sample_image(posterior, norm.forward(full), mask, tile=tile, overlap=overlap,
-                           key=jax.random.fold_in(key, i),
-                           context_norm=meta.get("context_norm"), progress=True)
-      in_units = norm.inverse(draws)
-      mean, std = in_units.mean(0), in_units.std(0)
+      draws, point = sample_image(posterior, norm.forward(full), mask, tile=tile,
+                                  overlap=overlap, key=jax.random.fold_in(key, i),
+                                  context_norm=meta.get("context_norm"), progress=True)
+      mean, std = norm.inverse(point), norm.inverse(draws).std(0)
       mean[..., mask], std[..., mask] = full[..., mask], 0.0
       _write_ome(os.path.join(tmp, f"{fov.name}.ome.tif"), mean, names)
       _write_ome(os.path.join(tmp, f"{fov.name}_std.ome.tif"), std, names)
