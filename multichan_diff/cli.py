@@ -64,7 +64,7 @@ def _train(args) -> dict:
 
 def _export(args) -> dict:
   from multichan_diff.train.export import export_model
-  return export_model(args.workdir, args.out, overwrite=args.overwrite)
+  return export_model(args.workdir, args.out, overwrite=args.overwrite, step=args.step)
 
 
 def _impute(args) -> dict:
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
   ex = verbs.add_parser("export", help="write a self-contained model from a run's workdir")
   ex.add_argument("--workdir", required=True)
   ex.add_argument("--out", required=True)
+  ex.add_argument("--step", type=int, help="the checkpoint to export (default: the latest)")
   ex.add_argument("--overwrite", action="store_true")
   ex.set_defaults(func=_export)
 

@@ -64,6 +64,16 @@ def test_smoke_run_writes_checkpoints_metrics_and_export(tmp_path, store_path, c
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   x = np.zeros((1, 16, 16, 40), np.float32)
   assert model(x, np.zeros((1,)), x, np.ones((1, 40), bool)).shape == x.shape
+  # An earlier checkpoint (one chosen on validation) exports on request; a missing one
+  # is a clear error.
+  assert main(["export", "--workdir", str(wd), "--out", str(tmp_path / "m5"), "--step", "5"]) == 0
+  m5, meta5 = load_model(str(tmp_path / "m5"))
+  assert meta5["step"] == 5
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(nnx.state(m5, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))))
+  capsys.readouterr()
+  assert main(["export", "--workdir", str(wd), "--out", str(tmp_path / "m7"), "--step", "7"]) == 2
+  assert "no checkpoint at step 7" in capsys.readouterr().err
 
 
 def test_resume_is_exact(tmp_path, store_path):

@@ -25,14 +25,20 @@ NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "
                       "union_of")
 
 
-def export_model(workdir: str, out: str, overwrite: bool = False) -> dict:
-  """Writes the latest checkpoint's EMA parameters and metadata to `out`."""
+def export_model(workdir: str, out: str, overwrite: bool = False,
+                 step: int | None = None) -> dict:
+  """Writes a checkpoint's EMA parameters and metadata to `out`: the latest, or `step`
+  (one chosen on the validation split)."""
   from multichan_diff.train.trainer import setup
   store.check_writable(out, overwrite)
   ckpts = Checkpoints(workdir)
-  step = ckpts.latest_step()
-  if step is None:
+  steps = ckpts.all_steps()
+  if not steps:
     raise ValueError(f"{workdir}: no checkpoint to export")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"{workdir}: no checkpoint at step {step}; it has steps {steps}")
   run = ckpts.run_info(step)
   s = setup(ml_collections.ConfigDict(run["config"]))
   state = ckpts.restore(step, s.state)
