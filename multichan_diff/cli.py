@@ -62,6 +62,11 @@ def _train(args) -> dict:
   return train_and_evaluate(load_config(args.config_args), args.workdir)
 
 
+def _train_autoencoder(args) -> dict:
+  from multichan_diff.train.trainer import train_autoencoder
+  return train_autoencoder(load_config(args.config_args), args.workdir)
+
+
 def _export(args) -> dict:
   from multichan_diff.train.export import export_model
   return export_model(args.workdir, args.out, overwrite=args.overwrite, step=args.step)
@@ -172,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--workdir DIR [--config.train.steps=2000 ...]")
   tr.add_argument("--workdir", required=True)
   tr.set_defaults(func=_train)
+  ta = verbs.add_parser("train-autoencoder",
+                        help="train the per-channel tile autoencoder of latent diffusion",
+                        description="multichan-diff train-autoencoder --config "
+                        "configs/NAME.py[:smoke] --workdir DIR [--config.autoencoder.train."
+                        "steps=2000 ...]; `export` and `evaluate` take its run as they take "
+                        "a diffusion run's")
+  ta.add_argument("--workdir", required=True)
+  ta.set_defaults(func=_train_autoencoder)
 
   ex = verbs.add_parser("export", help="write a self-contained model from a run's workdir")
   ex.add_argument("--workdir", required=True)
@@ -228,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
-  if getattr(args, "func", None) is _train:
+  if getattr(args, "func", None) in (_train, _train_autoencoder):
     args.config_args = rest
   elif rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")

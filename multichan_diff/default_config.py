@@ -68,6 +68,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       compute_dtype="float32",    # or "bfloat16": forward / backward only, master weights f32
   ))
 
+  # The per-channel tile autoencoder (`multichan-diff train-autoencoder`): its `train` and
+  # `optim` replace the diffusion model's for its own run; everything else is shared.
+  config.autoencoder = ml_collections.ConfigDict(dict(
+      model=dict(latent_channels=4, widths=(32, 64), blocks=1, norm_groups=8),  # 64 -> 16
+      beta=1e-3,                  # weight of mean(z^2): latents near unit scale
+      channels_per_tile=4,        # channels of each tile a training step reconstructs
+      train=dict(steps=3000, batch_size=32, eval_every=500, checkpoint_every=500),
+      optim=dict(learning_rate=1e-3, warmup_steps=100),
+  ))
+
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                    # -1: every device not used by fsdp
       fsdp=1,                     # > 1 splits parameters over this many devices
@@ -95,3 +105,6 @@ def shrink(config: ml_collections.ConfigDict) -> None:
   config.train.update(batch_size=8, steps=20, log_every=5, eval_every=10, eval_batches=2,
                       checkpoint_every=10)
   config.optim.warmup_steps = 5
+  config.autoencoder.model.widths = (8, 16)
+  config.autoencoder.train.update(steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
+  config.autoencoder.optim.warmup_steps = 5

@@ -23,6 +23,8 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   store.check_writable(out, overwrite)
   model, meta = load_model(model_dir)
   attrs = store.read_attributes(store_path)
+  if meta.get("network") == "autoencoder":
+    return _reconstruction(model, meta, model_dir, store_path, out, split, overwrite)
   kind = meta["kind"]
   bounds = None if kind == "cells" else model_normalizer(meta).bounds()
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
@@ -55,3 +57,17 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
     summary = report.write(tmp, result, info)
   heads = {m: v["mean"] for m, v in summary["methods"].items()}
   return {"out": os.path.abspath(out), "best_baseline": summary["best_baseline"], **heads}
+
+
+def _reconstruction(model, meta, model_dir, store_path, out, split, overwrite) -> dict:
+  """An autoencoder: how well it reconstructs the split's tiles, per channel."""
+  from multichan_diff.evaluate.reconstruction import reconstruction_scores, write_report
+  attrs = store.read_attributes(store_path)
+  if attrs["kind"] != "images" or attrs["channels"] != meta["channels"]:
+    raise ValueError(f"{store_path}: not the image panel the autoencoder was trained on")
+  scores = reconstruction_scores(model, store_path, split)
+  info = {"kind": "autoencoder", "split": split, "model": os.path.abspath(model_dir),
+          "store": os.path.abspath(store_path)}
+  with store.atomic_dir(out, overwrite) as tmp:
+    write_report(tmp, scores, info)
+  return {"out": os.path.abspath(out), "mean_pearson": scores["mean_pearson"]}

@@ -43,12 +43,14 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
   s = setup(ml_collections.ConfigDict(run["config"]))
   state = ckpts.restore(step, s.state)
   ckpts.close()
-  diffusion = run["config"]["diffusion"]
-  meta = {"model": run["model"], "channels": run["channels"], "genes": run.get("genes"),
-          "kind": run["kind"], "step": step, "context_norm": run.get("context_norm"),
-          "schedule": {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
-                       "prediction": diffusion.get("prediction", "eps")},
+  meta = {"network": run.get("network", "diffusion"), "model": run["model"],
+          "channels": run["channels"], "kind": run["kind"], "step": step,
           **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}
+  if meta["network"] == "diffusion":
+    diffusion = run["config"]["diffusion"]
+    meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
+        "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
+        "prediction": diffusion.get("prediction", "eps")})
   with store.atomic_dir(out, overwrite) as tmp:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, "params"), state.ema)
@@ -68,9 +70,14 @@ def read_meta(model_dir: str) -> dict:
 
 
 def load_model(model_dir: str):
-  """-> (model with the exported EMA parameters, metadata dict)."""
+  """-> (model with the exported EMA parameters, metadata dict): the diffusion model, or
+  the tile autoencoder when model.json says `"network": "autoencoder"`."""
   meta = read_meta(model_dir)
-  model = build_model(ModelConfig.from_mapping(meta["model"]))
+  if meta.get("network") == "autoencoder":
+    from multichan_diff.model.autoencoder import AutoencoderConfig, build_autoencoder
+    model = build_autoencoder(AutoencoderConfig.from_mapping(meta["model"]))
+  else:
+    model = build_model(ModelConfig.from_mapping(meta["model"]))
   params = nnx.state(model, nnx.Param)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
   restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(model_dir), "params"),

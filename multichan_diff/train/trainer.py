@@ -1,4 +1,5 @@
-"""`train_and_evaluate(config, workdir)`: the one training entry point.
+"""`train_and_evaluate(config, workdir)` (the diffusion model) and `train_autoencoder(config,
+workdir)` (the per-channel tile autoencoder of latent diffusion), one loop for both.
 
 Builds the model from the config and the store's panel, shards the step over the mesh,
 streams batches through grain, writes metrics and orbax checkpoints, resumes from the
@@ -71,25 +72,65 @@ class Setup:
   run: dict
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
+def _store_attrs(config: ml_collections.ConfigDict) -> dict:
   if not config.data.store:
     raise ValueError("no store given: set --config.data.store=PATH (see `multichan-diff prepare`)")
-  attrs = store.read_attributes(config.data.store)
-  mcfg = model_config(config, attrs)
-  model = build_model(mcfg, config.train.seed)
+  return store.read_attributes(config.data.store)
+
+
+def _setup(config, attrs, mcfg, model, **run) -> Setup:
   tx = make_optimizer(**config.optim, total_steps=config.train.steps)
   graphdef, rest, state = init_train_state(model, tx)
   run = {"model": json.loads(json.dumps(dataclasses.asdict(mcfg))),
-         "channels": attrs["channels"], "genes": attrs.get("genes"), "kind": attrs["kind"],
-         "context_norm": context_norm(config) if attrs["kind"] == "images" else None,
+         "channels": attrs["channels"], "kind": attrs["kind"], **run,
          "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
   return Setup(config, attrs, mcfg, graphdef, rest, state, tx, run)
 
 
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """The diffusion model's run (or, for a run config of `autoencoder_config`, the
+  autoencoder's)."""
+  if config.get("network") == "autoencoder":
+    return setup_autoencoder(config)
+  attrs = _store_attrs(config)
+  mcfg = model_config(config, attrs)
+  return _setup(config, attrs, mcfg, build_model(mcfg, config.train.seed),
+                genes=attrs.get("genes"),
+                context_norm=context_norm(config) if attrs["kind"] == "images" else None)
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run config of the autoencoder: `config.autoencoder.train` / `.optim` in place of
+  the diffusion model's `train` / `optim`, so one loop and one checkpoint layout serve."""
+  if "autoencoder" not in config:
+    raise ValueError("the config has no `autoencoder` section (the default config's has one)")
+  ae = config.copy_and_resolve_references()
+  with ae.unlocked():
+    ae.train.update(ae.autoencoder.train)
+    ae.optim.update(ae.autoencoder.optim)
+    ae.network = "autoencoder"
+  return ae
+
+
+def setup_autoencoder(config: ml_collections.ConfigDict) -> Setup:
+  from multichan_diff.model.autoencoder import AutoencoderConfig, build_autoencoder
+  attrs = _store_attrs(config)
+  if attrs["kind"] != "images":
+    raise ValueError(f"{config.data.store}: the tile autoencoder needs an image store, not "
+                     f"{attrs['kind']}")
+  acfg = AutoencoderConfig.from_mapping(config.autoencoder.model.to_dict())
+  if attrs["tile"] % acfg.factor:
+    raise ValueError(f"{config.data.store}: tile {attrs['tile']} is not a multiple of the "
+                     f"autoencoder's reduction {acfg.factor}")
+  return _setup(config, attrs, acfg, build_autoencoder(acfg, config.train.seed),
+                network="autoencoder")
+
+
 def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
-  for key, what in (("model", "model config"), ("channels", "channel panel"),
-                    ("genes", "gene list"), ("context_norm", "context_norm")):
+  for key, what in (("network", "network"), ("model", "model config"),
+                    ("channels", "channel panel"), ("genes", "gene list"),
+                    ("context_norm", "context_norm")):
     if saved.get(key) != run.get(key):
       diff = saved.get(key), run.get(key)
       if isinstance(diff[0], dict) and isinstance(diff[1], dict):
@@ -99,7 +140,7 @@ def check_compatible(saved: dict, run: dict, workdir: str) -> None:
                        f"(checkpoint vs now: {diff}); use a new --workdir")
 
 
-def _eval_batches(config, sharding):
+def _eval_batches(config, sharding, data_kw):
   """Up to `eval_batches` fixed validation batches (smaller than training ones when the
   split is small, a multiple of the device count); none without a validation split."""
   try:
@@ -111,22 +152,38 @@ def _eval_batches(config, sharding):
   if batch == 0:
     return []
   ds = make_dataset(config.data.store, "val", global_batch_size=batch,
-                    seed=config.train.seed, shuffle=False, num_epochs=1,
-                    context_norm=context_norm(config))
+                    seed=config.train.seed, shuffle=False, num_epochs=1, **data_kw)
   it = iter(ds)
   return [to_global(b, sharding) for _, b in zip(range(config.train.eval_batches), it)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains to `config.train.steps`, resuming from `workdir`; returns the last metrics."""
+  """Trains the diffusion model to `config.train.steps`, resuming from `workdir`; returns
+  the last metrics."""
   maybe_initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
   s = setup(config)
-  tc = config.train
-  mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
   diff = config.diffusion
   loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
                         diff.get("prediction", "eps"))
+  return fit(s, workdir, loss_fn, dict(mask_p=diff.mask_p, context_norm=context_norm(config)))
+
+
+def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains the per-channel tile autoencoder (`config.autoencoder`) on the store's tiles."""
+  from multichan_diff.model.autoencoder import reconstruction_loss
+  maybe_initialize_distributed()
+  s = setup_autoencoder(autoencoder_config(config))
+  ae = config.autoencoder
+  return fit(s, workdir, reconstruction_loss(ae.beta, ae.get("channels_per_tile")), {})
+
+
+def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
+  """The loop: `loss_fn(model, batch, key)` over the store's training batches
+  (`make_dataset(..., **data_kw)`), to `s.config.train.steps`."""
+  config = s.config
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
   step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay,
                             compute_dtype=tc.compute_dtype)
   train_step, state_sh = jit_train_step(step_fn, mesh, s.state, fsdp=config.mesh.fsdp > 1)
@@ -134,9 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bsh = batch_sharding(mesh)
 
   it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
-                                  seed=tc.seed, mask_p=diff.mask_p,
-                                  augment=config.data.get("augment", False),
-                                  context_norm=context_norm(config)),
+                                  seed=tc.seed, augment=config.data.get("augment", False),
+                                  **data_kw),
                      num_threads=config.data.threads)
   ckpts = Checkpoints(workdir, tc.keep_checkpoints)
   start = ckpts.latest_step() or 0
@@ -153,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def eval_loss(ema, batch):
     return loss_fn(nnx.merge(s.graphdef, ema, s.rest), batch, jax.random.key(tc.seed + 1))[0]
 
-  val = _eval_batches(config, bsh)
+  val = _eval_batches(config, bsh, data_kw)
   key = jax.random.key(tc.seed)
   stop = {"signal": None}
 
