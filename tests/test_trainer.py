@@ -46,7 +46,8 @@ def test_smoke_run_writes_checkpoints_metrics_and_export(tmp_path, store_path, c
   wd, out = tmp_path / "run", tmp_path / "model"
   assert main(["train", "--config", f"{CONFIGS}/default.py:smoke", "--workdir", str(wd),
                f"--config.data.store={store_path}", "--config.train.steps=10",
-               "--config.train.checkpoint_every=5", "--config.data.threads=2"]) == 0
+               "--config.train.checkpoint_every=5", "--config.data.threads=2",
+               "--config.model.dropout=0.5"]) == 0
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [5, 10] and "val_loss" in lines[-1]
   assert all(np.isfinite(l["loss"]) for l in lines)
@@ -62,8 +63,11 @@ def test_smoke_run_writes_checkpoints_metrics_and_export(tmp_path, store_path, c
   ema = _params(str(wd), config).ema
   for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(nnx.state(model, nnx.Param))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  x = np.zeros((1, 16, 16, 40), np.float32)
-  assert model(x, np.zeros((1,)), x, np.ones((1, 40), bool)).shape == x.shape
+  x = np.random.default_rng(0).normal(size=(1, 16, 16, 40)).astype(np.float32)
+  out = model(x, np.full((1,), 500.0), x, np.ones((1, 40), bool))
+  assert out.shape == x.shape
+  # Dropout (0.5 here) is off in an exported model: the same input, the same output.
+  np.testing.assert_array_equal(out, model(x, np.full((1,), 500.0), x, np.ones((1, 40), bool)))
   # An earlier checkpoint (one chosen on validation) exports on request; a missing one
   # is a clear error.
   assert main(["export", "--workdir", str(wd), "--out", str(tmp_path / "m5"), "--step", "5"]) == 0

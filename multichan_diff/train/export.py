@@ -83,6 +83,7 @@ def load_model(model_dir: str):
   restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(model_dir), "params"),
                                                 abstract)
   nnx.update(model, restored)
+  model.eval()  # dropout off: imputation is a function of the noise draws alone
   return model, meta
 
 

@@ -207,7 +207,9 @@ def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
 
   @jax.jit
   def eval_loss(ema, batch):
-    return loss_fn(nnx.merge(s.graphdef, ema, s.rest), batch, jax.random.key(tc.seed + 1))[0]
+    model = nnx.merge(s.graphdef, ema, s.rest)
+    model.eval()  # dropout off
+    return loss_fn(model, batch, jax.random.key(tc.seed + 1))[0]
 
   val = _eval_batches(config, bsh, data_kw)
   key = jax.random.key(tc.seed)
