@@ -95,7 +95,9 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation,
     rest_k = _reseed(rest, k_drop)
 
     def loss_of(params):  # the cast is inside, so its gradient returns float32
-      return loss_fn(nnx.merge(graphdef, cast_floats(params, dtype), rest_k), batch, k_loss)
+      # copy: fresh Variables at this trace level, which dropout's RNG count may advance.
+      model = nnx.merge(graphdef, cast_floats(params, dtype), rest_k, copy=True)
+      return loss_fn(model, batch, k_loss)
 
     (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
