@@ -14,9 +14,10 @@ from multichan_diff.data.pipeline import StoreSource
 from multichan_diff.evaluate import metrics
 
 
-def reconstruction_scores(model, store_path: str, split: str, batch_size: int = 64) -> dict:
+def reconstruction_scores(model, store_path: str, split: str, batch_size: int = 4) -> dict:
   """-> {"channels", "pearson" [C], "rmse" [C], "mean_pearson", "tiles"}; channels absent
-  from a union panel, or constant over the split, get NaN and are left out of the mean."""
+  from a union panel, or constant over the split, get NaN and are left out of the mean.
+  A batch of B tiles is B * C one-channel images to the networks, hence the small batch."""
   source = StoreSource(store_path, split)
   graphdef, state = nnx.split(model)
   rec = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x)[0])
