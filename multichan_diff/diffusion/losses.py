@@ -3,8 +3,9 @@
 A batch is a dict of arrays. Images: `x0` [B, H, W, C], `present` [B, C] (channels the
 sample's dataset measured), `observed` [B, C] (the random mask; the condition is x0 on
 those channels) and optionally `cond_shift`, `cond_scale` [B, C] (the sample's FOV's
-channel mean and std, which standardise the condition; the target stays as it is). The vector variant brings its own condition instead: `cond`
-[B, 1, 1, G] (genes, always observed) and optionally `cond_mask` [B, G].
+channel mean and std, which standardise the condition; the target stays as it is). The
+vector variant brings its own condition instead: `cond` [B, 1, 1, G] (genes, always
+observed) and optionally `cond_mask` [B, G].
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
   draws, mean = sample_cells(posterior, genes, len(meta["channels"]),
                              key=jax.random.key(seed), progress=progress)
   draws = to_clr(draws, meta)
-  preds = {"model": to_clr(mean, meta), **sample_rows(posterior, draws)}
+  preds = {"model": to_clr(mean, meta), **sample_rows(posterior, draws.mean(0), draws[0])}
   if baselines:
     cells = _source_cells(attrs, store_path)
     rna = log1p_cp10k(cells.rna)

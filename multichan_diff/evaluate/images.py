@@ -149,12 +149,9 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
           "examples": examples}
 
 
-def sample_rows(posterior: Posterior, samples_mean, one_sample=None) -> dict:
+def sample_rows(posterior: Posterior, samples_mean, one_sample) -> dict:
   """The rows scored beside the point estimate ("model"): one sample, and the mean of the
-  K samples when the point estimate is the denoiser's (else it is "model" itself).
-  samples_mean: the mean of the samples, or the samples [K, ...] themselves."""
-  if one_sample is None:
-    samples_mean, one_sample = samples_mean.mean(0), samples_mean[0]
+  K samples when the point estimate is the denoiser's (else it is "model" itself)."""
   rows = {"model_1_sample": one_sample}
   if posterior.point != "samples":
     rows["model_samples_mean"] = samples_mean

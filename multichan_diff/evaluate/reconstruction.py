@@ -27,16 +27,16 @@ def reconstruction_scores(model, store_path: str, split: str, batch_size: int = 
     x = np.stack([r["x0"] for r in recs])
     pad = batch_size - len(x)  # one compiled shape
     out = np.asarray(rec(state, np.concatenate([x, np.repeat(x[-1:], pad, 0)])))[:len(x)]
-    truth.append(x.reshape(-1, x.shape[-1]))
-    pred.append(out.reshape(-1, x.shape[-1]))
-    present.append(np.repeat(np.stack([r["present"] for r in recs]), x.shape[1] * x.shape[2], 0))
-  t, p, m = np.concatenate(truth), np.concatenate(pred), np.concatenate(present)
-  c = t.shape[1]
+    truth.append(x)
+    pred.append(out)
+    present.append(np.stack([r["present"] for r in recs]))
+  t, p, m = np.concatenate(truth), np.concatenate(pred), np.concatenate(present)  # m [N, C]
+  c = t.shape[-1]
   pearson, rmse = np.full(c, np.nan), np.full(c, np.nan)
-  for j in range(c):
+  for j in range(c):  # over the tiles whose panel measured channel j
     if m[:, j].any():
-      pearson[j] = metrics.pearson(p[m[:, j], j:j + 1], t[m[:, j], j:j + 1])[0]
-      rmse[j] = metrics.rmse(p[m[:, j], j:j + 1], t[m[:, j], j:j + 1])[0]
+      pj, tj = p[m[:, j]][..., j:j + 1], t[m[:, j]][..., j:j + 1]
+      pearson[j], rmse[j] = metrics.pearson(pj, tj)[0], metrics.rmse(pj, tj)[0]
   return {"channels": source.channels, "pearson": pearson, "rmse": rmse,
           "mean_pearson": float(np.nanmean(pearson)), "tiles": len(source)}
 

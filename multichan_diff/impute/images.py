@@ -123,8 +123,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
                   panel_csv: str | None = None, name_map: str | None = None,
                   point: str = "denoiser", overwrite: bool = False) -> dict:
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
-  posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over the samples), both
-  in the input's units at the model's pixel size (the input binned by the model's bin)."""
+  posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over
+  the samples), both in the input's units at the model's pixel size (the input binned by the model's bin)."""
   from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
   loaded, meta = load_model(model_dir)

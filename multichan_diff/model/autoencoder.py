@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from multichan_diff.model.blocks import Downsample, ResBlock, Upsample, conv, make_norm
+from multichan_diff.model.config import from_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,17 +41,13 @@ class AutoencoderConfig:
 
   @classmethod
   def from_mapping(cls, mapping: Mapping[str, Any]) -> "AutoencoderConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - fields)
-    if unknown:
-      raise ValueError(f"unknown autoencoder config keys {unknown}; known: {sorted(fields)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()})
+    return from_mapping(cls, mapping, "autoencoder config")
 
 
-def _fold(x: jax.Array) -> jax.Array:
-  """[B, H, W, C] -> [B*C, H, W, 1]: every channel its own one-channel image."""
-  b, h, w, c = x.shape
-  return x.transpose(0, 3, 1, 2).reshape(b * c, h, w, 1)
+def _fold(x: jax.Array, k: int = 1) -> jax.Array:
+  """[B, H, W, C*k] -> [B*C, H, W, k]: every channel its own image of k features."""
+  b, h, w, ck = x.shape
+  return x.reshape(b, h, w, ck // k, k).transpose(0, 3, 1, 2, 4).reshape(-1, h, w, k)
 
 
 def _unfold(y: jax.Array, b: int) -> jax.Array:
@@ -102,8 +99,7 @@ class ChannelAutoencoder(nnx.Module):
     k = self.cfg.latent_channels
     if ck % k:
       raise ValueError(f"latents of shape {z.shape}: the last axis must be C * {k}")
-    zc = z.reshape(b, hh, ww, ck // k, k).transpose(0, 3, 1, 2, 4).reshape(-1, hh, ww, k)
-    h = self.dec_in(zc)
+    h = self.dec_in(_fold(z, k))
     for stage in self.dec:
       up, *blocks = stage
       h = up(h, (h.shape[1] * 2, h.shape[2] * 2))

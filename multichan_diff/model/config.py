@@ -79,11 +79,15 @@ class ModelConfig:
 
   @classmethod
   def from_mapping(cls, mapping: Mapping[str, Any], **overrides) -> "ModelConfig":
-    """Builds from a plain mapping (e.g. `config.model.to_dict()`), lists become tuples."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {**dict(mapping), **overrides}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-      raise ValueError(f"unknown model config keys {unknown}; known: {sorted(fields)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return cls(**kwargs)
+    return from_mapping(cls, mapping, "model config", **overrides)
+
+
+def from_mapping(cls, mapping: Mapping[str, Any], what: str, **overrides):
+  """A frozen config dataclass from a plain mapping (e.g. `config.model.to_dict()`) plus
+  overrides; unknown keys are an error, lists become tuples."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {**dict(mapping), **overrides}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(fields)}")
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
