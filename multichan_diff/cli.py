@@ -37,6 +37,12 @@ def _prepare_union(args) -> dict:
   return prepare_union(args.stores, args.out, name_map=args.name_map, overwrite=args.overwrite)
 
 
+def _prepare_latent(args) -> dict:
+  from multichan_diff.data.encode import encode_store
+  return encode_store(args.autoencoder, args.store, args.out, batch_size=args.batch_size,
+                      overwrite=args.overwrite)
+
+
 def load_config(argv: list[str]):
   """`--config FILE[:ARG]` plus `--config.a.b=value` overrides, via ml_collections."""
   from absl import flags
@@ -172,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
   un.add_argument("--name-map", help="CSV 'name,alias' of synonyms across panels")
   un.add_argument("--overwrite", action="store_true")
   un.set_defaults(func=_prepare_union)
+
+  la = kinds.add_parser("latent", help="encode an image store's tiles with a trained tile "
+                        "autoencoder, for latent-space diffusion (`space = latent`)")
+  la.add_argument("--autoencoder", required=True, help="an exported autoencoder (MODEL_DIR)")
+  la.add_argument("--store", required=True, help="the pixel image store it was trained on")
+  la.add_argument("--out", required=True)
+  la.add_argument("--batch-size", type=int, default=16, help="tiles encoded at once")
+  la.add_argument("--overwrite", action="store_true")
+  la.set_defaults(func=_prepare_latent)
+
   tr = verbs.add_parser("train", help="train from a config; resumes from --workdir",
                         description="multichan-diff train --config configs/NAME.py[:smoke] "
                         "--workdir DIR [--config.train.steps=2000 ...]")

@@ -14,6 +14,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # pixel: diffuse the tiles themselves; latent: a store of autoencoder latents from
+  # `multichan-diff prepare latent` (k features per channel, 16x16 for 64x64 tiles).
+  config.space = "pixel"
 
   config.data = ml_collections.ConfigDict(dict(
       store="",                   # a store written by `multichan-diff prepare`

@@ -43,6 +43,22 @@ def image_model(store_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def autoencoder_model(store_path, tmp_path_factory):
+  """(workdir, model dir): the smoke autoencoder trained 300 steps on `store_path` (16x16
+  tiles -> 4x4 latents, k = 4) and exported; enough to reconstruct, for latent tests."""
+  from multichan_diff.cli import main
+  root = tmp_path_factory.mktemp("ae")
+  configs = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+  assert main(["train-autoencoder", "--config", f"{configs}/default.py:smoke", "--workdir",
+               str(root / "run"), f"--config.data.store={store_path}", "--config.data.threads=2",
+               "--config.autoencoder.train.steps=300", "--config.autoencoder.train.batch_size=16",
+               "--config.autoencoder.train.checkpoint_every=300",
+               "--config.autoencoder.optim.learning_rate=3e-3"]) == 0
+  assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "model")]) == 0
+  return root / "run", root / "model"
+
+
+@pytest.fixture(scope="session")
 def cells_model(tmp_path_factory):
   """(source h5ad, store, model dir): pbmc5k (200 cells, 30 % test) smoke-trained, exported."""
   from helpers import DATA

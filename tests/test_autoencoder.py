@@ -54,14 +54,9 @@ def test_loss_reconstructs_only_present_channels():
 
 
 @needs_data
-def test_train_export_and_reconstruct_real_tiles(tmp_path, store_path, capsys):
-  wd, out = tmp_path / "ae", tmp_path / "ae_model"
-  assert main(["train-autoencoder", "--config", f"{CONFIGS}/default.py:smoke", "--workdir",
-               str(wd), f"--config.data.store={store_path}", "--config.data.threads=2",
-               "--config.autoencoder.train.steps=300", "--config.autoencoder.train.batch_size=16",
-               "--config.autoencoder.train.checkpoint_every=300",
-               "--config.autoencoder.optim.learning_rate=3e-3"]) == 0
-  assert main(["export", "--workdir", str(wd), "--out", str(out)]) == 0
+def test_train_export_and_reconstruct_real_tiles(tmp_path, store_path, autoencoder_model,
+                                                 capsys):
+  wd, out = autoencoder_model
   meta = json.loads((out / "model.json").read_text())
   assert meta["network"] == "autoencoder" and meta["step"] == 300
   capsys.readouterr()

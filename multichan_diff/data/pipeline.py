@@ -5,6 +5,10 @@ dataset measured) and `observed` [C] bool (the random mask of Algorithm 1, drawn
 record's own seed, so a run is reproducible and a restored iterator resumes exactly).
 With `context_norm = "fov"`, image records also carry `cond_shift` and `cond_scale` [C]:
 their FOV's channel mean and std, with which the condition is standardised.
+
+A latent store (`prepare latent`) holds k features per channel: its records' `x0`,
+`present`, `observed` and stats have C*k entries, and the mask is drawn per channel, so a
+channel's k features are observed or missing together.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from multichan_diff.data import store
 from multichan_diff.data.prepare import SPLITS
 from multichan_diff.data.transforms import CONTEXT_NORMS, Normalizer
 from multichan_diff.diffusion.masking import sample_observed_np
+from multichan_diff.model.latent import expand
 
 
 class StoreSource(grain.sources.RandomAccessDataSource):
@@ -36,6 +41,8 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     self.kind = attrs["kind"]
     self.fields = ["x0", "cond"] if self.kind == "cells" else ["x0"]
     self.channels: list[str] = attrs["channels"]
+    self.space = attrs.get("space", "pixel")
+    self.group = attrs["latent"]["k"] if self.space == "latent" else 1  # features / channel
     self.normalizer = (Normalizer.from_dict(attrs["normalizer"])
                        if attrs.get("values") == "counts" else None)
     if split is None:
@@ -52,6 +59,7 @@ class StoreSource(grain.sources.RandomAccessDataSource):
       self.present = np.asarray(attrs["panel_present"], bool)[panel]
     else:
       self.present = np.ones((len(self.indices), len(self.channels)), bool)
+    self.present = expand(self.present, self.group, np)
     self.fov_stats = None
     if context_norm == "fov" and self.kind == "images":
       if "fov_mean" not in attrs:
@@ -94,13 +102,16 @@ class StoreSource(grain.sources.RandomAccessDataSource):
 
 
 class RandomChannelMask(grain.transforms.RandomMap):
-  """Algorithm 1 per record: each present channel observed with probability p."""
+  """Algorithm 1 per record: each present channel observed with probability p (all
+  `group` features of a channel together)."""
 
-  def __init__(self, p: float | tuple[float, float]):
+  def __init__(self, p: float | tuple[float, float], group: int = 1):
     self.p = tuple(p) if isinstance(p, (list, tuple)) else float(p)
+    self.group = group
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {**record, "observed": sample_observed_np(rng, record["present"], self.p)}
+    observed = sample_observed_np(rng, record["present"][::self.group], self.p)
+    return {**record, "observed": expand(observed, self.group, np)}
 
 
 class RandomDihedral(grain.transforms.RandomMap):
@@ -128,7 +139,10 @@ def make_dataset(path: str, split: str = "train", *, global_batch_size: int, see
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   if source.kind == "images":  # cells: genes always observed, proteins always predicted
-    ds = ds.random_map(RandomChannelMask(mask_p), seed=seed)
+    ds = ds.random_map(RandomChannelMask(mask_p, source.group), seed=seed)
+    if augment and source.space == "latent":
+      raise ValueError(f"{path}: a latent store cannot be augmented by flips and rotations "
+                       "(the encoder does not commute with them); set data.augment=False")
     if augment:
       ds = ds.random_map(RandomDihedral(), seed=seed + 1)
   ds = ds[pi::pc]

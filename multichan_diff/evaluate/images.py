@@ -33,6 +33,9 @@ class FOVImage:
 def read_fovs(path: str, split: str) -> list[FOVImage]:
   """The split's FOVs of an image store, put back together from their tiles."""
   attrs = store.read_attributes(path)
+  if attrs.get("space") == "latent":
+    raise ValueError(f"{path}: a latent store; evaluate reads pixels, so pass its pixel "
+                     f"store, {attrs['latent']['pixel_store']}")
   if attrs["kind"] != "images" or "tile_fov" not in attrs:
     raise ValueError(f"{path}: evaluate needs an image store from `prepare images` (for a "
                      "union model, evaluate on each of the union's stores)")

@@ -19,7 +19,8 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser",
              overwrite: bool = False) -> dict:
-  from multichan_diff.train.export import load_model, load_prediction, load_schedule
+  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
+                                           load_schedule)
   store.check_writable(out, overwrite)
   model, meta = load_model(model_dir)
   attrs = store.read_attributes(store_path)
@@ -30,7 +31,8 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples,
                         batch_size=batch_size or (256 if kind == "cells" else 16),
-                        x0_range=bounds, prediction=load_prediction(meta), point=point)
+                        x0_range=bounds, prediction=load_prediction(meta), point=point,
+                        codec=load_codec(model_dir, meta))
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
           "sampler": sampler, "steps": posterior.steps, "samples": samples, "point": point,

@@ -14,7 +14,7 @@ import numpy as np
 
 from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
-from multichan_diff.data.transforms import Normalizer, fov_stats
+from multichan_diff.data.transforms import Normalizer
 from multichan_diff.impute import tiling
 from multichan_diff.impute.posterior import Posterior
 from multichan_diff.train.metrics import Progress
@@ -54,12 +54,14 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   blend = tiling.Blender((posterior.num_samples + 1,) + padded.shape, tile)  # + the point
   bar = Progress(len(starts), unit="tiles") if progress else None
   obs = np.broadcast_to(observed.astype(bool), (posterior.batch_size, c))
+  tiles_at = lambda chunk: np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
   context = None
   if context_norm == "fov":
-    context = tuple(np.broadcast_to(v, (posterior.batch_size, c)) for v in fov_stats(image))
+    stats = posterior.fov_context(image, tiles_at(starts) if posterior.codec else None)
+    context = tuple(np.broadcast_to(v, (posterior.batch_size, len(v))) for v in stats)
   for lo in range(0, len(starts), posterior.batch_size):
     chunk = starts[lo:lo + posterior.batch_size]
-    tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
+    tiles = tiles_at(chunk)
     n = len(chunk)
     samples, point = posterior.images(jax.random.fold_in(key, lo), tiles, obs[:n],
                                       context and (context[0][:n], context[1][:n]))
@@ -125,7 +127,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
   posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over
   the samples), both in the input's units at the model's pixel size (the input binned by the model's bin)."""
-  from multichan_diff.train.export import load_model, load_prediction, load_schedule
+  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
+                                           load_schedule)
   store.check_writable(out, overwrite)
   loaded, meta = load_model(model_dir)
   if meta["kind"] != "images":
@@ -136,7 +139,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   norm = model_normalizer(meta)
   posterior = Posterior(loaded, load_schedule(meta), sampler=sampler, steps=steps,
                         num_samples=samples, batch_size=batch_size, x0_range=norm.bounds(),
-                        prediction=load_prediction(meta), point=point)
+                        prediction=load_prediction(meta), point=point,
+                        codec=load_codec(model_dir, meta))
   overlap = tile // 4 if overlap is None else overlap
   key = jax.random.key(seed)
   written = []

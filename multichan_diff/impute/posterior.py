@@ -8,6 +8,10 @@ The point estimate is the posterior mean E[x0 | c], by one of two routes:
   * "samples": the average of the K sampled chains, which approaches the same mean as K
     grows, but slowly: each sample carries the posterior's full spread.
 Either way the K chains give the uncertainty (their standard deviation).
+
+A latent-space model (a `LatentCodec`) takes and returns pixels all the same: tiles are
+encoded, the chains and the point estimate run on the latents (k per channel, the observed
+channels' clamped), and everything is decoded, observed channels then set to their input.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from flax import nnx
 from multichan_diff.diffusion.masking import mask_condition
 from multichan_diff.diffusion.samplers import DEFAULT_STEPS, get_sampler, sample_posterior
 from multichan_diff.diffusion.schedules import Schedule
+from multichan_diff.data.transforms import fov_stats
+from multichan_diff.model.latent import LatentCodec
 
 
 POINT_ESTIMATES = ("denoiser", "samples")
@@ -34,12 +40,14 @@ class Posterior:
   x0_range: the data's (lo [C], hi [C]) for the samplers' x0 clip (images).
   prediction: what the network outputs, "eps" or "v".
   point: how the point estimate is made (see the module docstring).
+  codec: a latent-space model's autoencoder and latent standardisation, or None.
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
                steps: int | None = None, num_samples: int = 8, batch_size: int = 16,
                x0_range: tuple[np.ndarray, np.ndarray] | None = None,
-               prediction: str = "eps", point: str = "denoiser"):
+               prediction: str = "eps", point: str = "denoiser",
+               codec: LatentCodec | None = None):
     get_sampler(sampler)
     if point not in POINT_ESTIMATES:
       raise ValueError(f"unknown point estimate {point!r}; choose from {POINT_ESTIMATES}")
@@ -49,10 +57,17 @@ class Posterior:
     if self.num_samples < 1 or self.batch_size < 1:
       raise ValueError("samples and batch size must be at least 1")
     graphdef, state = nnx.split(model)
-    self._state = state
+    self.codec = codec
+    self._state = (state, None)
+    if codec is not None:
+      ae_graphdef, ae_state = nnx.split(codec.autoencoder)
+      self._state = (state, ae_state)
+      stats = codec.stats
+      latent_codec = lambda ae_state: LatentCodec(nnx.merge(ae_graphdef, ae_state), stats)
+      latent_range = (jnp.asarray(stats.lo), jnp.asarray(stats.hi))
 
-    def run(state, key, cond, cond_mask, shape, **known):
-      m = nnx.merge(graphdef, state)
+    def run(states, key, cond, cond_mask, shape, **known):
+      m = nnx.merge(graphdef, states[0])
       k_chain, k_point = jax.random.split(key)
       common = dict(num_samples=self.num_samples, prediction=prediction, **known)
       out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
@@ -63,16 +78,35 @@ class Posterior:
                              steps=1, **common)
       return out["samples"], one["mean"]
 
-    def images(state, key, x, observed, shift, scale):
-      return run(state, key, mask_condition(x, observed, shift, scale), observed, x.shape,
-                 x_known=x, known=observed, x0_range=x0_range)
+    def images(states, key, x, observed, shift, scale):
+      if codec is None:
+        return run(states, key, mask_condition(x, observed, shift, scale), observed, x.shape,
+                   x_known=x, known=observed, x0_range=x0_range)
+      lc = latent_codec(states[1])
+      z, obs = lc.encode(x), lc.expand(observed)  # [B, h, w, C*k], [B, C*k]
+      z_samples, z_point = run(states, key, mask_condition(z, obs, shift, scale), obs, z.shape,
+                               x_known=z, known=obs, x0_range=latent_range)
+      k, b = z_samples.shape[:2]
+      decoded = lc.decode(z_samples.reshape((k * b,) + z_samples.shape[2:]))
+      decoded = decoded.reshape((k, b) + decoded.shape[1:])
+      # "samples": the mean of the decoded chains, not the decoding of their mean.
+      mean = decoded.mean(0) if point == "samples" else lc.decode(z_point)
+      if x0_range is not None:  # the data's bounds, now in pixels
+        clip = lambda a: jnp.clip(a, x0_range[0], x0_range[1])
+        decoded, mean = clip(decoded), clip(mean)
+      keep = lambda a: jnp.where(observed[:, None, None, :], x, a)  # exact, not decoded
+      return keep(decoded), keep(mean)
 
-    def cells(state, key, genes, num_proteins):
+    def cells(states, key, genes, num_proteins):
       mask = jnp.ones(genes.shape[:1] + genes.shape[-1:], bool)
-      return run(state, key, genes, mask, genes.shape[:3] + (num_proteins,))
+      return run(states, key, genes, mask, genes.shape[:3] + (num_proteins,))
+
+    def encode(states, x):
+      return latent_codec(states[1]).encode(x)
 
     self._images = jax.jit(images)
     self._cells = jax.jit(cells, static_argnums=3)
+    self._encode = jax.jit(encode) if codec is not None else None
 
   def _padded(self, fn, key, first: np.ndarray, *rest) -> tuple[np.ndarray, np.ndarray]:
     n = len(first)
@@ -88,12 +122,27 @@ class Posterior:
              ) -> tuple[np.ndarray, np.ndarray]:
     """x [B, H, W, C] normalised (any value on missing channels), observed [B, C] bool ->
     (samples [K, B, H, W, C], point estimate [B, H, W, C]), observed channels equal to x.
-    context: (shift, scale) [B, C] that standardise the condition (a model trained with
-    context_norm 'fov'), or None."""
+    context: (shift, scale) [B, C] (a latent model: [B, C*k]) that standardise the
+    condition (a model trained with context_norm 'fov'), or None."""
     b, c = observed.shape
+    c *= 1 if self.codec is None else self.codec.k
     shift, scale = context or (np.zeros((b, c), np.float32), np.ones((b, c), np.float32))
     return self._padded(self._images, key, x.astype(np.float32), observed.astype(bool),
                         np.asarray(shift, np.float32), np.asarray(scale, np.float32))
+
+  def fov_context(self, image: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The FOV's (mean, std) [C_model] that standardise its condition (context_norm fov):
+    over the image's pixels, or for a latent model over its tiles' latents [N, T, T, C]."""
+    if self.codec is None:
+      return fov_stats(image)
+    zs = []
+    for lo in range(0, len(tiles), self.batch_size):
+      chunk = tiles[lo:lo + self.batch_size].astype(np.float32)
+      n = len(chunk)  # padded to the batch size: one compilation
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
+      zs.append(np.asarray(self._encode(self._state, chunk))[:n])
+    z = np.concatenate(zs)
+    return fov_stats(z.reshape((-1,) + z.shape[2:]))
 
   def cells(self, key: jax.Array, genes: np.ndarray,
             num_proteins: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,15 @@ MODEL_DIR/params   the EMA parameters (orbax)
 MODEL_DIR/model.json  model config, diffusion schedule, channel panel (and genes), the
                     store's normalisation, the tile size: everything imputation needs
                     without the training store.
+MODEL_DIR/autoencoder  a latent-space model's tile autoencoder (itself an exported model),
+                    with the latents' standardisation in model.json's `latent`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -51,7 +54,16 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
     meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
         "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
         "prediction": diffusion.get("prediction", "eps")})
+  autoencoder = None
+  if s.attrs.get("space") == "latent":
+    latent = dict(s.attrs["latent"])
+    autoencoder = latent.pop("autoencoder")
+    latent.pop("pixel_store", None)
+    read_meta(autoencoder)  # still there and readable
+    meta.update(space="latent", latent=latent)
   with store.atomic_dir(out, overwrite) as tmp:
+    if autoencoder:
+      shutil.copytree(autoencoder, os.path.join(tmp, "autoencoder"))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, "params"), state.ema)
     checkpointer.wait_until_finished()
@@ -85,6 +97,16 @@ def load_model(model_dir: str):
   nnx.update(model, restored)
   model.eval()  # dropout off: imputation is a function of the noise draws alone
   return model, meta
+
+
+def load_codec(model_dir: str, meta: dict):
+  """A latent-space model's `LatentCodec` (its autoencoder and latent standardisation);
+  None for a pixel-space model."""
+  if meta.get("space", "pixel") != "latent":
+    return None
+  from multichan_diff.model.latent import LatentCodec, LatentStats
+  autoencoder, _ = load_model(os.path.join(model_dir, "autoencoder"))
+  return LatentCodec(autoencoder, LatentStats.from_dict(meta["latent"]))
 
 
 def load_schedule(meta: dict) -> Schedule:

@@ -46,8 +46,10 @@ def maybe_initialize_distributed() -> None:
 
 
 def model_config(config: ml_collections.ConfigDict, attrs: dict) -> ModelConfig:
-  """The model's config for this store: channel counts come from the store's panel."""
-  extra = {"num_channels": len(attrs["channels"])}
+  """The model's config for this store: channel counts come from the store's panel (a
+  latent store: k features per channel)."""
+  k = attrs["latent"]["k"] if attrs.get("space") == "latent" else 1
+  extra = {"num_channels": len(attrs["channels"]) * k}
   if attrs["kind"] == "cells":
     extra.update(cond_channels=len(attrs["genes"]), spatial=False, patch_size=1)
   return ModelConfig.from_mapping(config.model.to_dict(), **extra)
@@ -93,10 +95,16 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   if config.get("network") == "autoencoder":
     return setup_autoencoder(config)
   attrs = _store_attrs(config)
+  space = config.get("space", "pixel")
+  if attrs.get("space", "pixel") != space:
+    raise ValueError(f"{config.data.store}: a {attrs.get('space', 'pixel')}-space store, but "
+                     f"the config says space = {space!r} (a latent store comes from "
+                     "`multichan-diff prepare latent`)")
   mcfg = model_config(config, attrs)
+  run = {"space": space} if space != "pixel" else {}  # older runs have no key: pixel
   return _setup(config, attrs, mcfg, build_model(mcfg, config.train.seed),
                 genes=attrs.get("genes"),
-                context_norm=context_norm(config) if attrs["kind"] == "images" else None)
+                context_norm=context_norm(config) if attrs["kind"] == "images" else None, **run)
 
 
 def autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -128,7 +136,7 @@ def setup_autoencoder(config: ml_collections.ConfigDict) -> Setup:
 
 def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
-  for key, what in (("network", "network"), ("model", "model config"),
+  for key, what in (("network", "network"), ("space", "space"), ("model", "model config"),
                     ("channels", "channel panel"), ("genes", "gene list"),
                     ("context_norm", "context_norm")):
     if saved.get(key) != run.get(key):
