@@ -3,12 +3,15 @@
     python benchmarks/impute_speed.py                                   # all measured (GPU)
     python benchmarks/impute_speed.py --tile-batches 2 --time-steps 5   # CPU: time a part
     python benchmarks/impute_speed.py --samples 8 --samplers ddim --cases images
+    python benchmarks/impute_speed.py --config configs/mibi_granuloma_latent_cpu.py \
+      --cases images --samplers ddim --fov-size 256
 
 Times the real imputation path with random weights: `Posterior` (jitted, K samples per
 condition, batches padded to one shape) driven like `sample_image` drives it for a FOV
 (1024x1024, 39 channels, 64-px tiles overlapping by 16: tile, sample, blend) and by
 `sample_cells` for cells (2000 genes -> 46 proteins, batches of 256). The image model is
-the default config's; the vector model is configs/citeseq_teaseq.py's.
+the default config's, or --config's (a latent-space config times its autoencoder's encode
+and decode too); the vector model is configs/citeseq_teaseq.py's.
 
 A full DDPM-500 FOV takes hours on a CPU, so a part can be timed and projected. Every tile
 batch (the last one is padded) and every sampler step runs the same compiled computation,
@@ -37,15 +40,35 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM"}
 
 
-def build_models(channels: int, genes: int, proteins: int):
-  """(image model, vector model) from the configs training would use, random weights."""
-  from configs import citeseq_teaseq
+def load_config(path: str | None):
+  """A config file's config (default: the default config)."""
+  import importlib.util
   from multichan_diff.default_config import get_config
+  if path is None:
+    return get_config()
+  spec = importlib.util.spec_from_file_location("timed_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def build_models(config, channels: int, genes: int, proteins: int):
+  """(image model, its LatentCodec or None, vector model), random weights: the image model
+  of `config` (a latent-space one with its autoencoder) and configs/citeseq_teaseq.py's."""
+  from configs import citeseq_teaseq
   from multichan_diff.model import ModelConfig, build_model
-  image_cfg = ModelConfig.from_mapping(get_config().model.to_dict(), num_channels=channels)
+  codec, features = None, channels
+  if config.get("space", "pixel") == "latent":
+    from multichan_diff.model.autoencoder import AutoencoderConfig, build_autoencoder
+    from multichan_diff.model.latent import LatentCodec, LatentStats
+    ae = build_autoencoder(AutoencoderConfig.from_mapping(config.autoencoder.model.to_dict()))
+    features = channels * ae.cfg.latent_channels
+    ones = np.ones(features, np.float32)
+    codec = LatentCodec(ae, LatentStats(0 * ones, ones, -5 * ones, 5 * ones))
+  image_cfg = ModelConfig.from_mapping(config.model.to_dict(), num_channels=features)
   cell_cfg = ModelConfig.from_mapping(citeseq_teaseq.get_config().model.to_dict(),
                                       num_channels=proteins, cond_channels=genes)
-  return build_model(image_cfg, 0), build_model(cell_cfg, 0)
+  return build_model(image_cfg, 0), codec, build_model(cell_cfg, 0)
 
 
 def num_params(model) -> int:
@@ -84,7 +107,8 @@ def project(per_call: float, per_call_1step: float | None, calls: int, steps_run
   return per_call * calls * steps / steps_run, "upper bound"
 
 
-def time_images(model, schedule, args, sampler: str, steps: int, steps_run: int) -> dict:
+def time_images(model, codec, schedule, args, sampler: str, steps: int,
+                steps_run: int) -> dict:
   import jax
   from multichan_diff.impute import tiling
   from multichan_diff.impute.images import sample_image
@@ -102,7 +126,8 @@ def time_images(model, schedule, args, sampler: str, steps: int, steps_run: int)
   def timed(run_steps: int) -> tuple[float, float]:
     """(warm-up s, timed s over n calls) for a posterior running `run_steps` steps."""
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
-                     num_samples=args.samples, batch_size=b, x0_range=None, point=args.point)
+                     num_samples=args.samples, batch_size=b, x0_range=None, point=args.point,
+                     codec=codec)
     t0 = time.perf_counter()
     tile_loop(post, padded, starts, observed, tile, 1, key, blender())  # compiles
     warm = time.perf_counter() - t0
@@ -175,6 +200,8 @@ def main():
   parser.add_argument("--split-fixed", action=argparse.BooleanOptionalAction, default=True,
                       help="when projecting steps, also time 1-step calls, so that per-call "
                            "work is not scaled by steps (one more compile per case)")
+  parser.add_argument("--config", help="a config file whose image model is timed (default: "
+                      "the default config); a latent-space one with its autoencoder")
   parser.add_argument("--fov-size", type=int, default=1024)
   parser.add_argument("--channels", type=int, default=39)
   parser.add_argument("--tile", type=int, default=64)
@@ -198,8 +225,13 @@ def main():
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   print(f"# jax {jax.__version__}, {dev.platform} ({dev.device_kind}); host "
         f"{platform.node()} {os.cpu_count()} cpus, load average {load}")
-  image_model, cell_model = build_models(args.channels, args.genes, args.proteins)
-  print(f"# image model {num_params(image_model):,} params (default config); vector model "
+  config = load_config(args.config)
+  image_model, codec, cell_model = build_models(config, args.channels, args.genes,
+                                                args.proteins)
+  space = config.get("space", "pixel")
+  extra = f" + autoencoder {num_params(codec.autoencoder):,}" if codec else ""
+  print(f"# image model {num_params(image_model):,} params{extra} "
+        f"({args.config or 'default config'}, {space} space); vector model "
         f"{num_params(cell_model):,} params (configs/citeseq_teaseq.py); random weights; "
         f"K = {args.samples}; linear schedule, 1000 steps\n")
   schedule = get_schedule("linear", 1000)
@@ -210,7 +242,8 @@ def main():
     steps_run = steps if args.time_steps is None else min(args.time_steps, steps)
     label = f"{SAMPLER_NAMES[name]}-{steps}"
     if "images" in args.cases:
-      rows.append((label, time_images(image_model, schedule, args, name, steps, steps_run)))
+      rows.append((label, time_images(image_model, codec, schedule, args, name, steps,
+                                      steps_run)))
     if "cells" in args.cases:
       rows.append((label, time_cells(cell_model, schedule, args, name, steps, steps_run)))
 

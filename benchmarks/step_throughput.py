@@ -3,11 +3,13 @@
     python benchmarks/step_throughput.py            # all cases, each in its own process
     python benchmarks/step_throughput.py --case image64 --steps 10
     python benchmarks/step_throughput.py --case image16 --compute-dtype bfloat16
+    python benchmarks/step_throughput.py --case latent16 --model '{"patch_size": 1}'
 
-Cases: the image model at 39 channels on 64x64 and 16x16 tiles (batch 16), and the
-vector model at 2000 genes -> 46 proteins (batch 256). A full step is forward, backward
-and AdamW, jitted, on whatever devices JAX finds (the first one only). Peak memory is
-XLA's own account of the compiled step (arguments + outputs + temporaries) and the
+Cases: the image model at 39 channels on 64x64 and 16x16 tiles (batch 16), on 16x16
+latents of 39 x 4 features (latent-space diffusion; --model '{"patch_size": 1}' runs its
+first level at 16x16, as configs/mibi_granuloma_latent_cpu.py does), and the vector model
+at 2000 genes -> 46 proteins (batch 256). A full step is forward, backward and AdamW,
+jitted, on whatever devices JAX finds (the first one only). Peak memory is XLA's own account of the compiled step (arguments + outputs + temporaries) and the
 process's peak resident set size.
 """
 
@@ -25,6 +27,7 @@ import time
 CASES = {
     "image64": dict(spatial=True, channels=39, size=64, batch=16),
     "image16": dict(spatial=True, channels=39, size=16, batch=16),
+    "latent16": dict(spatial=True, channels=39 * 4, size=16, batch=16),  # k = 4 latents
     "vector": dict(spatial=False, channels=46, genes=2000, batch=256),
 }
 
