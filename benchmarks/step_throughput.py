@@ -9,8 +9,9 @@ Cases: the image model at 39 channels on 64x64 and 16x16 tiles (batch 16), on 16
 latents of 39 x 4 features (latent-space diffusion; --model '{"patch_size": 1}' runs its
 first level at 16x16, as configs/mibi_granuloma_latent_cpu.py does), and the vector model
 at 2000 genes -> 46 proteins (batch 256). A full step is forward, backward and AdamW,
-jitted, on whatever devices JAX finds (the first one only). Peak memory is XLA's own account of the compiled step (arguments + outputs + temporaries) and the
-process's peak resident set size.
+jitted, on whatever devices JAX finds (the first one only). Peak memory is XLA's own
+account of the compiled step (arguments + outputs + temporaries) and the process's peak
+resident set size.
 """
 
 from __future__ import annotations
