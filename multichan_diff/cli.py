@@ -73,6 +73,11 @@ def _train_autoencoder(args) -> dict:
   return train_autoencoder(load_config(args.config_args), args.workdir)
 
 
+def _distill(args) -> dict:
+  from multichan_diff.train.trainer import distill
+  return distill(load_config(args.config_args), args.model, args.workdir)
+
+
 def _export(args) -> dict:
   from multichan_diff.train.export import export_model
   return export_model(args.workdir, args.out, overwrite=args.overwrite, step=args.step)
@@ -114,8 +119,9 @@ def _demo(args) -> dict:
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
   """The options `impute` and `evaluate` share: how to sample, and how to match names."""
   p.add_argument("--samples", type=int, default=8, help="posterior samples per tile / cell")
-  p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-  p.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm")
+  p.add_argument("--sampler", choices=("ddim", "ddpm", "onestep"), default="ddim",
+                 help="onestep: a distilled generator's (`multichan-diff distill`)")
+  p.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm, 1 for onestep")
   p.add_argument("--point", choices=("denoiser", "samples"), default="denoiser",
                  help="the point estimate (posterior mean): the network's x0 estimate from "
                       "pure noise, averaged over K draws, or the mean of the K samples")
@@ -202,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
   ta.add_argument("--workdir", required=True)
   ta.set_defaults(func=_train_autoencoder)
 
+  di = verbs.add_parser("distill", help="distil an exported model into a one-step generator "
+                        "(SiD); resumes from --workdir",
+                        description="multichan-diff distill --model TEACHER_DIR --config "
+                        "configs/NAME.py[:smoke] --workdir DIR [--config.distill.alpha=1.0 "
+                        "...]; the store is the teacher's; `export` it as a training run, "
+                        "then impute / evaluate with --sampler onestep")
+  di.add_argument("--model", required=True, help="the exported teacher (MODEL_DIR)")
+  di.add_argument("--workdir", required=True)
+  di.set_defaults(func=_distill)
+
   ex = verbs.add_parser("export", help="write a self-contained model from a run's workdir")
   ex.add_argument("--workdir", required=True)
   ex.add_argument("--out", required=True)
@@ -257,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, rest = parser.parse_known_args(argv)
-  if getattr(args, "func", None) in (_train, _train_autoencoder):
+  if getattr(args, "func", None) in (_train, _train_autoencoder, _distill):
     args.config_args = rest
   elif rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -81,6 +81,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       optim=dict(learning_rate=1e-3, warmup_steps=100),
   ))
 
+  # SiD distillation into a one-step generator (`multichan-diff distill --model TEACHER`):
+  # its `train` and `optim` replace the diffusion model's for its own run.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher="",                 # set by `distill --model`
+      alpha=0.5,                  # the recipe: 0.5 for regression-like tasks (1.0, 1.2)
+      t_init=625,                 # the generator's fixed timestep, from pure noise
+      t_range=(20, 980),          # t of the fake network's and the generator's losses
+      fake_learning_rate=1e-5,    # the fake score network's (the generator's is optim's)
+      train=dict(steps=2000, eval_every=500, checkpoint_every=500),
+      optim=dict(learning_rate=1e-5, warmup_steps=0, b1=0.0),  # Adam with beta1 = 0
+  ))
+
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                    # -1: every device not used by fsdp
       fsdp=1,                     # > 1 splits parameters over this many devices
@@ -111,3 +123,4 @@ def shrink(config: ml_collections.ConfigDict) -> None:
   config.autoencoder.model.widths = (8, 16)
   config.autoencoder.train.update(steps=20, batch_size=8, eval_every=10, checkpoint_every=10)
   config.autoencoder.optim.warmup_steps = 5
+  config.distill.train.update(steps=6, eval_every=3, checkpoint_every=3)

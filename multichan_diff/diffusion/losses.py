@@ -54,8 +54,8 @@ def loss_weight(present: jax.Array, observed: jax.Array, loss_on: str) -> jax.Ar
   return w
 
 
-def get_loss_fn(schedule: Schedule, loss_on: str = "all",
-                prediction: str = "eps") -> Callable[..., Any]:
+def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps",
+                t_range: tuple[int, int] | None = None) -> Callable[..., Any]:
   """-> loss_fn(model, batch, key) -> (loss, metrics).
 
   `model(x_t, t, cond, cond_mask)` predicts eps or v (`prediction`, see
@@ -64,15 +64,17 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all",
   weight 1 (the eps loss gives it SNR(t), nearly 0). t is uniform over the steps.
   (An EDM-style objective would be a sibling factory with its own noise sampling and
   weighting; the model and the masks stay as they are.)
+  t_range: (lo, hi) to draw t from [lo, hi) instead (SiD's fake score network).
   """
   loss_weight(jnp.ones((1, 1)), jnp.zeros((1, 1)), loss_on)  # validate early
   if prediction not in PREDICTIONS:
     raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
+  t_lo_hi = (0, schedule.num_steps) if t_range is None else tuple(t_range)
 
   def loss_fn(model, batch: Batch, key: jax.Array):
     x0 = batch["x0"]
     k_t, k_eps = jax.random.split(key)
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_steps)
+    t = jax.random.randint(k_t, (x0.shape[0],), *t_lo_hi)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, eps)
     cond, cond_mask, observed = condition_of(batch)

@@ -1,4 +1,4 @@
-"""Conditional samplers: DDPM ancestral and DDIM, chosen by name.
+"""Conditional samplers: DDPM ancestral, DDIM and a distilled one-step generator, by name.
 
 A sampler sees the network only as `denoise(x_t, t) -> eps_hat` (a closure over the
 condition's features, which are computed once per run). Observed target channels are
@@ -103,8 +103,29 @@ def ddim_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *, 
   return _run(_ddim_step, schedule, denoise, key, shape, steps, x_known, known, x0_range)
 
 
-SAMPLERS: dict[str, Callable[..., jax.Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
-DEFAULT_STEPS = {"ddpm": 500, "ddim": 50}
+def onestep_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *,
+                   steps: int = 1, t_init: int = 625, x_known: jax.Array | None = None,
+                   known: jax.Array | None = None, x0_range=None) -> jax.Array:
+  """A distilled one-step generator (SiD): x0 = G(z), the network's x0 estimate at t_init
+  from pure noise z (known channels at their t_init-noised values). `steps` must be 1."""
+  if steps != 1:
+    raise ValueError(f"the one-step sampler takes 1 step, not {steps}")
+  k_init, k_known = jax.random.split(key)
+  ab = schedule.alpha_bars[t_init]
+  x = jax.random.normal(k_init, shape)
+  if known is not None:
+    noisy = jnp.sqrt(ab) * x_known + jnp.sqrt(1.0 - ab) * jax.random.normal(k_known, shape)
+    x = _clamp(x, known, noisy)
+  tb = jnp.full((shape[0],), t_init)
+  x0 = predict_x0(schedule, x, tb, denoise(x, tb.astype(jnp.float32)))
+  if x0_range is not None:
+    x0 = jnp.clip(x0, x0_range[0], x0_range[1])
+  return _clamp(x0, known, x_known)
+
+
+SAMPLERS: dict[str, Callable[..., jax.Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample,
+                                                 "onestep": onestep_sample}
+DEFAULT_STEPS = {"ddpm": 500, "ddim": 50, "onestep": 1}
 
 
 def get_sampler(name: str) -> Callable[..., jax.Array]:
@@ -118,7 +139,7 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
                      steps: int | None = None, num_samples: int = 1,
                      x_known: jax.Array | None = None,
                      known: jax.Array | None = None, x0_range=None,
-                     prediction: str = "eps") -> dict[str, jax.Array]:
+                     prediction: str = "eps", **sampler_kw) -> dict[str, jax.Array]:
   """K samples per condition in one batched call -> samples [K, B, ...], mean, std.
 
   model: has `encode_condition(cond, cond_mask)` and `denoise(x_t, t, ctx)`; E(c) is
@@ -126,6 +147,7 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
   x_known / known [B, C]: target channels to clamp (images: the observed ones).
   x0_range: optional (lo [C], hi [C]) bounds of the data (see the module docstring).
   prediction: what the network outputs ("eps" or "v"); samplers see it as eps.
+  sampler_kw: the sampler's own settings (onestep: t_init).
   """
   fn = get_sampler(sampler)
   steps = DEFAULT_STEPS[sampler] if steps is None else steps
@@ -138,7 +160,7 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
                                         model.denoise(x_t, t, ctx))
   shape = (k * b,) + tuple(target_shape[1:])
   x = fn(schedule, denoise, key, shape, steps=steps, x_known=tile(x_known), known=tile(known),
-         x0_range=x0_range)
+         x0_range=x0_range, **sampler_kw)
   samples = x.reshape((k, b) + tuple(target_shape[1:]))
   # Known channels are exact in every sample; say so exactly (no rounding in mean / std).
   mean = _clamp(samples.mean(0), known, x_known)

@@ -9,8 +9,8 @@ import numpy as np
 
 from multichan_diff.data import panels, store
 from multichan_diff.evaluate import report
-from multichan_diff.impute.images import model_normalizer
-from multichan_diff.impute.posterior import Posterior
+from multichan_diff.impute.posterior import load_posterior
+from multichan_diff.train.export import read_meta
 
 
 def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
@@ -19,23 +19,20 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser",
              overwrite: bool = False) -> dict:
-  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
-                                           load_schedule)
+  from multichan_diff.train.export import load_model
   store.check_writable(out, overwrite)
-  model, meta = load_model(model_dir)
   attrs = store.read_attributes(store_path)
+  meta = read_meta(model_dir)
   if meta.get("network") == "autoencoder":
+    model, meta = load_model(model_dir)
     return _reconstruction(model, meta, model_dir, store_path, out, split, overwrite)
+  posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
+                                   batch_size=batch_size, point=point)
   kind = meta["kind"]
-  bounds = None if kind == "cells" else model_normalizer(meta).bounds()
-  posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
-                        num_samples=samples,
-                        batch_size=batch_size or (256 if kind == "cells" else 16),
-                        x0_range=bounds, prediction=load_prediction(meta), point=point,
-                        codec=load_codec(model_dir, meta))
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
-          "sampler": sampler, "steps": posterior.steps, "samples": samples, "point": point,
+          "sampler": sampler, "steps": posterior.steps, "samples": samples,
+          "point": posterior.point,
           "seed": seed}
   if kind == "cells":
     from multichan_diff.evaluate.cells import evaluate_cells

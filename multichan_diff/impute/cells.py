@@ -11,7 +11,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.prepare_cells import log1p_cp10k
-from multichan_diff.impute.posterior import Posterior
+from multichan_diff.impute.posterior import Posterior, load_posterior
 from multichan_diff.train.metrics import Progress
 
 MAX_MISSING_GENES = 0.1  # beyond this fraction of the model's genes absent: refuse
@@ -65,9 +65,9 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
   obsm['protein_predicted_std'], DataFrames with the model's protein names."""
   import anndata
   import pandas as pd
-  from multichan_diff.train.export import load_model, load_prediction, load_schedule
   store.check_writable(out, overwrite)
-  model, meta = load_model(model_dir)
+  posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
+                                   batch_size=batch_size, point=point)
   if meta["kind"] != "cells":
     raise ValueError(f"{model_dir}: an {meta['kind']} model; cells need a cells model")
   try:
@@ -80,9 +80,6 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
     raise ValueError(f"{input_path}: no layer {layer!r}; layers are {list(adata.layers)}")
   rna = adata.layers[layer] if layer else adata.X
   genes, missing = genes_matrix(rna, list(map(str, adata.var_names)), meta, input_path)
-  posterior = Posterior(model, load_schedule(meta), sampler=sampler, steps=steps,
-                        num_samples=samples, batch_size=batch_size,
-                        prediction=load_prediction(meta), point=point)
   draws, mean = sample_cells(posterior, genes, len(meta["channels"]),
                              key=jax.random.key(seed), progress=True)
   frame = lambda v: pd.DataFrame(v, index=adata.obs_names, columns=meta["channels"])

@@ -16,7 +16,7 @@ from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
 from multichan_diff.data.transforms import Normalizer
 from multichan_diff.impute import tiling
-from multichan_diff.impute.posterior import Posterior
+from multichan_diff.impute.posterior import Posterior, load_posterior
 from multichan_diff.train.metrics import Progress
 
 
@@ -127,20 +127,15 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
   posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over
   the samples), both in the input's units at the model's pixel size (the input binned by the model's bin)."""
-  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
-                                           load_schedule)
   store.check_writable(out, overwrite)
-  loaded, meta = load_model(model_dir)
+  posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
+                                   batch_size=batch_size, point=point)
   if meta["kind"] != "images":
     raise ValueError(f"{model_dir}: a {meta['kind']} model; images need an images model")
   nmap = panels.NameMap.read_csv(name_map) if name_map else None
   fovs = _read_inputs(input_path, panel_csv)
   names, tile = meta["channels"], meta["tile"]
   norm = model_normalizer(meta)
-  posterior = Posterior(loaded, load_schedule(meta), sampler=sampler, steps=steps,
-                        num_samples=samples, batch_size=batch_size, x0_range=norm.bounds(),
-                        prediction=load_prediction(meta), point=point,
-                        codec=load_codec(model_dir, meta))
   overlap = tile // 4 if overlap is None else overlap
   key = jax.random.key(seed)
   written = []

@@ -41,14 +41,21 @@ class Posterior:
   prediction: what the network outputs, "eps" or "v".
   point: how the point estimate is made (see the module docstring).
   codec: a latent-space model's autoencoder and latent standardisation, or None.
+  t_init: a distilled generator's timestep (sampler "onestep", whose point estimate is the
+  mean of the K draws).
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
                steps: int | None = None, num_samples: int = 8, batch_size: int = 16,
                x0_range: tuple[np.ndarray, np.ndarray] | None = None,
                prediction: str = "eps", point: str = "denoiser",
-               codec: LatentCodec | None = None):
+               codec: LatentCodec | None = None, t_init: int | None = None):
     get_sampler(sampler)
+    sampler_kw = {}
+    if sampler == "onestep":  # a distilled generator: K draws, their mean the point
+      if t_init is None:
+        raise ValueError("the one-step sampler needs the generator's t_init")
+      sampler_kw, point = {"t_init": int(t_init)}, "samples"
     if point not in POINT_ESTIMATES:
       raise ValueError(f"unknown point estimate {point!r}; choose from {POINT_ESTIMATES}")
     self.point = point
@@ -70,6 +77,10 @@ class Posterior:
       m = nnx.merge(graphdef, states[0])
       k_chain, k_point = jax.random.split(key)
       common = dict(num_samples=self.num_samples, prediction=prediction, **known)
+      if sampler == "onestep":
+        out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
+                               **sampler_kw, **common)
+        return out["samples"], out["mean"]
       out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
                              steps=self.steps, **common)
       if point == "samples":
@@ -150,3 +161,29 @@ class Posterior:
     samples, mean = self._padded(self._cells, key, genes.astype(np.float32)[:, None, None, :],
                                  num_proteins)
     return samples[:, :, 0, 0, :], mean[:, 0, 0, :]
+
+
+def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None = None,
+                   samples: int = 8, batch_size: int | None = None,
+                   point: str = "denoiser") -> tuple[Posterior, dict]:
+  """-> (Posterior, model.json) of an exported diffusion model or distilled generator
+  (which needs sampler "onestep", and the reverse)."""
+  from multichan_diff.impute.images import model_normalizer
+  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
+                                           load_schedule)
+  model, meta = load_model(model_dir)
+  network = meta.get("network", "diffusion")
+  if network == "autoencoder":
+    raise ValueError(f"{model_dir}: an autoencoder, not a model that imputes")
+  if (network == "generator") != (sampler == "onestep"):
+    raise ValueError(f"{model_dir}: a {network} model; " + (
+        "sample it with --sampler onestep" if network == "generator" else
+        "--sampler onestep needs a distilled generator (`multichan-diff distill`)"))
+  cells = meta["kind"] == "cells"
+  posterior = Posterior(
+      model, load_schedule(meta), sampler=sampler, steps=steps, num_samples=samples,
+      batch_size=batch_size or (256 if cells else 16),
+      x0_range=None if cells else model_normalizer(meta).bounds(),
+      prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
+      t_init=meta.get("t_init"))
+  return posterior, meta

@@ -46,21 +46,7 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
   s = setup(ml_collections.ConfigDict(run["config"]))
   state = ckpts.restore(step, s.state)
   ckpts.close()
-  meta = {"network": run.get("network", "diffusion"), "model": run["model"],
-          "channels": run["channels"], "kind": run["kind"], "step": step,
-          **{k: s.attrs[k] for k in NORMALISATION_KEYS if k in s.attrs}}
-  if meta["network"] == "diffusion":
-    diffusion = run["config"]["diffusion"]
-    meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
-        "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
-        "prediction": diffusion.get("prediction", "eps")})
-  autoencoder = None
-  if s.attrs.get("space") == "latent":
-    latent = dict(s.attrs["latent"])
-    autoencoder = latent.pop("autoencoder")
-    latent.pop("pixel_store", None)
-    read_meta(autoencoder)  # still there and readable
-    meta.update(space="latent", latent=latent)
+  meta, autoencoder = _metadata(run, s.attrs, step)
   with store.atomic_dir(out, overwrite) as tmp:
     if autoencoder:
       shutil.copytree(autoencoder, os.path.join(tmp, "autoencoder"))
@@ -70,6 +56,33 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
     with open(os.path.join(tmp, "model.json"), "w") as f:
       json.dump(meta, f)
   return {"model_dir": os.path.abspath(out), "step": step}
+
+
+def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, str | None]:
+  """-> (model.json of a run's export, the autoencoder directory to copy in or None)."""
+  network = run.get("network", "diffusion")
+  if network == "generator":  # everything as the teacher's, and how to run the generator
+    teacher = read_meta(run["teacher"])
+    meta = {**teacher, "network": "generator", "step": step, "teacher": run["teacher"],
+            "teacher_step": teacher.get("step"), "t_init": run["config"]["distill"]["t_init"]}
+    latent = teacher.get("space") == "latent"
+    return meta, os.path.join(run["teacher"], "autoencoder") if latent else None
+  meta = {"network": network, "model": run["model"], "channels": run["channels"],
+          "kind": run["kind"], "step": step,
+          **{k: attrs[k] for k in NORMALISATION_KEYS if k in attrs}}
+  if network == "diffusion":
+    diffusion = run["config"]["diffusion"]
+    meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
+        "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
+        "prediction": diffusion.get("prediction", "eps")})
+  autoencoder = None
+  if attrs.get("space") == "latent":
+    latent = dict(attrs["latent"])
+    autoencoder = latent.pop("autoencoder")
+    latent.pop("pixel_store", None)
+    read_meta(autoencoder)  # still there and readable
+    meta.update(space="latent", latent=latent)
+  return meta, autoencoder
 
 
 def read_meta(model_dir: str) -> dict:

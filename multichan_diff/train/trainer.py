@@ -72,6 +72,7 @@ class Setup:
   state: object
   tx: object
   run: dict
+  step_fn: object = None  # its own train step (distillation); None: make_train_step's
 
 
 def _store_attrs(config: ml_collections.ConfigDict) -> dict:
@@ -90,10 +91,12 @@ def _setup(config, attrs, mcfg, model, **run) -> Setup:
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
-  """The diffusion model's run (or, for a run config of `autoencoder_config`, the
-  autoencoder's)."""
+  """The diffusion model's run (or, for a run config of `autoencoder_config` or
+  `distill_config`, the autoencoder's or the distillation's)."""
   if config.get("network") == "autoencoder":
     return setup_autoencoder(config)
+  if config.get("network") == "generator":
+    return setup_distill(config)
   attrs = _store_attrs(config)
   space = config.get("space", "pixel")
   if attrs.get("space", "pixel") != space:
@@ -107,17 +110,29 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                 context_norm=context_norm(config) if attrs["kind"] == "images" else None, **run)
 
 
-def autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The run config of the autoencoder: `config.autoencoder.train` / `.optim` in place of
+def _section_config(config: ml_collections.ConfigDict, section: str,
+                    network: str) -> ml_collections.ConfigDict:
+  """The run config of another network: `config.<section>.train` / `.optim` in place of
   the diffusion model's `train` / `optim`, so one loop and one checkpoint layout serve."""
-  if "autoencoder" not in config:
-    raise ValueError("the config has no `autoencoder` section (the default config's has one)")
-  ae = config.copy_and_resolve_references()
-  with ae.unlocked():
-    ae.train.update(ae.autoencoder.train)
-    ae.optim.update(ae.autoencoder.optim)
-    ae.network = "autoencoder"
-  return ae
+  if section not in config:
+    raise ValueError(f"the config has no `{section}` section (the default config's has one)")
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    out.train.update(out[section].train)
+    out.optim.update(out[section].optim)
+    out.network = network
+  return out
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return _section_config(config, "autoencoder", "autoencoder")
+
+
+def distill_config(config: ml_collections.ConfigDict, teacher: str) -> ml_collections.ConfigDict:
+  """The distillation's run config: `config.distill`'s train / optim, and the teacher."""
+  out = _section_config(config, "distill", "generator")
+  out.distill.teacher = os.path.abspath(teacher)
+  return out
 
 
 def setup_autoencoder(config: ml_collections.ConfigDict) -> Setup:
@@ -134,11 +149,40 @@ def setup_autoencoder(config: ml_collections.ConfigDict) -> Setup:
                 network="autoencoder")
 
 
+def setup_distill(config: ml_collections.ConfigDict) -> Setup:
+  """SiD of the exported model `config.distill.teacher`, on the store it was trained on."""
+  from multichan_diff.distill.sid import SiDConfig, init_sid_state, make_sid_step
+  from multichan_diff.train.export import load_model, load_prediction, load_schedule
+  d = config.distill
+  teacher, meta = load_model(d.teacher)
+  if meta.get("network", "diffusion") != "diffusion":
+    raise ValueError(f"{d.teacher}: distillation needs a diffusion model, not a "
+                     f"{meta['network']}")
+  attrs = _store_attrs(config)
+  for key, default in (("channels", None), ("genes", None), ("space", "pixel")):
+    if attrs.get(key, default) != meta.get(key, default):
+      raise ValueError(f"{config.data.store}: its {key} differ from the teacher's "
+                       f"({d.teacher}); distil on the store the teacher was trained on")
+  cfg = SiDConfig(alpha=d.alpha, t_init=d.t_init, t_range=tuple(d.t_range),
+                  prediction=load_prediction(meta), loss_on=config.diffusion.loss_on)
+  tx_gen = make_optimizer(**config.optim)  # constant after warm-up, as SiD runs
+  tx_fake = make_optimizer(**{**config.optim, "learning_rate": d.fake_learning_rate})
+  graphdef, rest, state = init_sid_state(teacher, tx_gen, tx_fake)
+  step_fn = make_sid_step(graphdef, rest, tx_gen, tx_fake, load_schedule(meta), cfg,
+                          config.train.ema_decay)
+  run = {"network": "generator", "model": meta["model"], "channels": meta["channels"],
+         "kind": meta["kind"], "genes": meta.get("genes"), "space": meta.get("space"),
+         "context_norm": meta.get("context_norm"), "teacher": d.teacher,
+         "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
+  return Setup(config, attrs, ModelConfig.from_mapping(meta["model"]), graphdef, rest, state,
+               tx_gen, run, step_fn)
+
+
 def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
   for key, what in (("network", "network"), ("space", "space"), ("model", "model config"),
                     ("channels", "channel panel"), ("genes", "gene list"),
-                    ("context_norm", "context_norm")):
+                    ("context_norm", "context_norm"), ("teacher", "teacher")):
     if saved.get(key) != run.get(key):
       diff = saved.get(key), run.get(key)
       if isinstance(diff[0], dict) and isinstance(diff[1], dict):
@@ -185,15 +229,29 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return fit(s, workdir, reconstruction_loss(ae.beta, ae.get("channels_per_tile")), {})
 
 
+def distill(config: ml_collections.ConfigDict, teacher: str, workdir: str) -> dict:
+  """Distils the exported diffusion model `teacher` into a one-step generator (SiD)."""
+  from multichan_diff.distill.sid import SiDConfig, generator_mse_fn
+  from multichan_diff.train.export import load_prediction, load_schedule, read_meta
+  maybe_initialize_distributed()
+  s = setup_distill(distill_config(config, teacher))
+  meta = read_meta(teacher)
+  val_loss = generator_mse_fn(load_schedule(meta), SiDConfig(
+      t_init=s.config.distill.t_init, prediction=load_prediction(meta)))
+  return fit(s, workdir, val_loss, dict(mask_p=config.diffusion.mask_p,
+                                        context_norm=meta.get("context_norm") or "global"))
+
+
 def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
   """The loop: `loss_fn(model, batch, key)` over the store's training batches
-  (`make_dataset(..., **data_kw)`), to `s.config.train.steps`."""
+  (`make_dataset(..., **data_kw)`), to `s.config.train.steps`; the step is `s.step_fn`
+  when the setup brings one (then `loss_fn` gives the validation loss only)."""
   config = s.config
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
   mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-  step_fn = make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay,
-                            compute_dtype=tc.compute_dtype)
+  step_fn = s.step_fn or make_train_step(s.graphdef, s.rest, s.tx, loss_fn, tc.ema_decay,
+                                         compute_dtype=tc.compute_dtype)
   train_step, state_sh = jit_train_step(step_fn, mesh, s.state, fsdp=config.mesh.fsdp > 1)
   state = jax.device_put(s.state, state_sh)
   bsh = batch_sharding(mesh)

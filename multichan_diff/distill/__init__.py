@@ -1,0 +1,1 @@
+"""One-step generators distilled from a trained diffusion model (SiD)."""

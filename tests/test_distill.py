@@ -1,0 +1,175 @@
+"""SiD distillation: the one-step generator, its losses and step, and `distill` end to end."""
+
+import json
+import os
+
+import anndata
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helpers import needs_data, perturb_params, tiny_model
+from multichan_diff.cli import main
+from multichan_diff.diffusion.losses import get_loss_fn
+from multichan_diff.diffusion.masking import sample_observed
+from multichan_diff.diffusion.samplers import sample_posterior
+from multichan_diff.diffusion.schedules import get_schedule
+from multichan_diff.distill.sid import (SiDConfig, generate, generator_loss_fn,
+                                        init_sid_state, make_sid_step)
+from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
+from flax import nnx
+
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+SCHEDULE = get_schedule("linear", 1000)
+CFG = SiDConfig(prediction="v")
+
+
+def _image_batch(b=8, c=4, size=8, seed=0):
+  x0 = jax.random.normal(jax.random.key(seed), (b, size, size, c))
+  present = jnp.ones((b, c), bool)
+  return {"x0": x0, "present": present,
+          "observed": sample_observed(jax.random.key(seed + 1), present, 0.5)}
+
+
+def test_generator_output_has_the_target_shape_and_keeps_observed_channels():
+  _, model = tiny_model(4)
+  perturb_params(model)
+  batch = _image_batch()
+  x_g = generate(model, SCHEDULE, jax.random.key(0), batch, CFG)
+  assert x_g.shape == batch["x0"].shape
+  obs = np.asarray(batch["observed"])[:, None, None, :]
+  np.testing.assert_array_equal(np.where(obs, x_g, 0), np.where(obs, batch["x0"], 0))
+  other = generate(model, SCHEDULE, jax.random.key(1), batch, CFG)
+  assert np.abs(np.where(obs, 0, x_g - other)).max() > 0  # missing channels come from z
+
+
+def _sid_setup(model, lr=1e-3):
+  tx = make_optimizer(lr, b1=0.0)
+  graphdef, rest, state = init_sid_state(model, tx, tx)
+  step = jax.jit(make_sid_step(graphdef, rest, tx, tx, SCHEDULE, CFG))
+  net = lambda p: nnx.merge(graphdef, p, rest)
+  return state, step, net
+
+
+def test_one_step_decreases_the_generator_loss_on_a_fixed_batch():
+  _, teacher = tiny_model(4)
+  perturb_params(teacher)
+  batch = _image_batch(b=32)
+  state, step, net = _sid_setup(teacher, lr=3e-4)
+  loss = generator_loss_fn(SCHEDULE, CFG)
+  # At initialisation the fake network is the teacher, so the generator's loss and gradient
+  # are exactly zero; two steps give the fake network and then the generator something.
+  state, _ = step(state, batch, jax.random.key(0))
+  assert float(loss(net(state.params["generator"]), net(state.teacher),
+                    net(state.teacher), batch, jax.random.key(9))[0]) == 0.0
+  state, _ = step(state, batch, jax.random.key(1))
+  keys = jax.random.split(jax.random.key(2), 16)  # the expectation: common noise draws
+
+  def mean_loss(gen_params, fake_params):
+    return np.mean([float(loss(net(gen_params), net(state.teacher), net(fake_params), batch,
+                               k)[0]) for k in keys])
+
+  fake = state.params["fake"]
+  before = mean_loss(state.params["generator"], fake)
+  after_state, _ = step(state, batch, jax.random.key(3))
+  after = mean_loss(after_state.params["generator"], fake)
+  assert after < before, (before, after)
+  # The teacher never moves.
+  for x, y in zip(jax.tree.leaves(after_state.teacher), jax.tree.leaves(nnx.state(teacher,
+                                                                                  nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _synthetic_cells(n, seed):
+  """genes [n, 1, 1, 4] -> proteins [n, 1, 1, 2]: a linear map plus bimodal noise."""
+  rng = np.random.default_rng(seed)
+  g = rng.normal(size=(n, 4)).astype(np.float32)
+  a = np.array([[1.0, -0.5], [0.5, 0.5], [0.0, 1.0], [-0.5, 0.0]], np.float32)
+  p = g @ a * 0.6 + 0.6 * rng.choice([-1.0, 1.0], size=(n, 2)) + 0.1 * rng.normal(size=(n, 2))
+  return {"x0": jnp.asarray(p[:, None, None, :], jnp.float32),
+          "cond": jnp.asarray(g[:, None, None, :])}
+
+
+def test_tiny_distillation_gets_closer_to_the_teacher_than_its_start():
+  cfg, teacher = tiny_model(2, spatial=False, patch_size=1, cond_channels=4,
+                            widths=(32, 32), attention_levels=None, output_attention=False)
+  tx = make_optimizer(3e-3, warmup_steps=20)
+  graphdef, rest, tstate = init_train_state(teacher, tx)
+  tstep = jax.jit(make_train_step(graphdef, rest, tx, get_loss_fn(SCHEDULE, prediction="v"),
+                                  ema_decay=0.99))
+  for i in range(400):
+    tstate, _ = tstep(tstate, _synthetic_cells(256, i), jax.random.key(i))
+  nnx.update(teacher, tstate.ema)
+
+  test = _synthetic_cells(64, 10_000)
+  k = 32
+
+  def draws(model, sampler, key, **kw):
+    out = sample_posterior(model, SCHEDULE, key, test["cond"], jnp.ones((64, 4), bool),
+                           test["x0"].shape, sampler=sampler, num_samples=k, prediction="v",
+                           **kw)
+    return np.asarray(out["samples"])[..., 0, 0, :]  # [K, 64, 2]
+
+  ref = draws(teacher, "ddim", jax.random.key(1), steps=50)
+
+  def distance(samples):
+    """How far a sampler's per-cell mean and spread are from the teacher's."""
+    return (np.abs(samples.mean(0) - ref.mean(0)).mean()
+            + np.abs(samples.std(0) - ref.std(0)).mean())
+
+  state, step, net = _sid_setup(teacher, lr=3e-4)
+  start = distance(draws(net(state.ema), "onestep", jax.random.key(2), t_init=CFG.t_init))
+  for i in range(300):
+    state, _ = step(state, _synthetic_cells(128, 20_000 + i), jax.random.key(i))
+  end = distance(draws(net(state.params["generator"]), "onestep", jax.random.key(2),
+                       t_init=CFG.t_init))
+  assert end < 0.8 * start, (start, end)
+
+
+@needs_data
+def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, cells_model,
+                                                                     capsys):
+  src, st, teacher = cells_model
+  base = ["distill", "--model", str(teacher), "--config", f"{CONFIGS}/citeseq_teaseq.py:smoke",
+          f"--config.data.store={st}", "--config.train.batch_size=16",
+          "--config.data.threads=2"]
+  assert main(base + ["--workdir", str(tmp_path / "a")]) == 0
+  assert main(base + ["--workdir", str(tmp_path / "b"), "--config.distill.train.steps=3"]) == 0
+  assert main(base + ["--workdir", str(tmp_path / "b")]) == 0  # resumes at 3, runs to 6
+  metrics = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+  assert metrics[-1]["step"] == 6 and np.isfinite(metrics[-1]["val_loss"])
+  for run in ("a", "b"):
+    assert main(["export", "--workdir", str(tmp_path / run), "--out",
+                 str(tmp_path / f"g{run}")]) == 0
+  capsys.readouterr()
+  a = json.loads((tmp_path / "ga" / "model.json").read_text())
+  assert a["network"] == "generator" and a["t_init"] == 625 and a["step"] == 6
+  pa = [np.asarray(x) for x in jax.tree.leaves(_params(tmp_path / "ga"))]
+  pb = [np.asarray(x) for x in jax.tree.leaves(_params(tmp_path / "gb"))]
+  for x, y in zip(pa, pb):
+    np.testing.assert_array_equal(x, y)
+
+  gen = str(tmp_path / "ga")
+  assert main(["evaluate", "--model", gen, "--store", str(st), "--sampler", "onestep",
+               "--samples", "4", "--out", str(tmp_path / "rep")]) == 0
+  report = json.loads((tmp_path / "rep" / "report.json").read_text())
+  assert np.isfinite(report["methods"]["model"]["mean"]["r_p"])
+  out = tmp_path / "imp.h5ad"
+  assert main(["impute", "--model", gen, "--input", str(src), "--out", str(out),
+               "--sampler", "onestep", "--samples", "3"]) == 0
+  adata = anndata.read_h5ad(out)
+  assert adata.obsm["protein_predicted"].shape == adata.obsm["protein_predicted_std"].shape
+  assert (adata.obsm["protein_predicted_std"].to_numpy() > 0).any()
+  # A generator samples in one step only, and a diffusion model not in one step.
+  capsys.readouterr()
+  assert main(["impute", "--model", gen, "--input", str(src), "--out", str(tmp_path / "x"),
+               "--sampler", "ddim"]) == 2
+  assert "--sampler onestep" in capsys.readouterr().err
+  assert main(["impute", "--model", str(teacher), "--input", str(src), "--out",
+               str(tmp_path / "x"), "--sampler", "onestep"]) == 2
+  assert "distill" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def _params(model_dir):
+  from multichan_diff.train.export import load_model
+  return nnx.state(load_model(str(model_dir))[0], nnx.Param)
