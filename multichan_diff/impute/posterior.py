@@ -60,6 +60,8 @@ class Posterior:
       raise ValueError(f"unknown point estimate {point!r}; choose from {POINT_ESTIMATES}")
     self.point = point
     self.steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if sampler == "onestep" and self.steps != 1:
+      raise ValueError(f"the one-step sampler takes 1 step, not {self.steps}")
     self.num_samples, self.batch_size = int(num_samples), int(batch_size)
     if self.num_samples < 1 or self.batch_size < 1:
       raise ValueError("samples and batch size must be at least 1")
@@ -77,12 +79,8 @@ class Posterior:
       m = nnx.merge(graphdef, states[0])
       k_chain, k_point = jax.random.split(key)
       common = dict(num_samples=self.num_samples, prediction=prediction, **known)
-      if sampler == "onestep":
-        out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
-                               **sampler_kw, **common)
-        return out["samples"], out["mean"]
       out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
-                             steps=self.steps, **common)
+                             steps=self.steps, **sampler_kw, **common)
       if point == "samples":
         return out["samples"], out["mean"]
       one = sample_posterior(m, schedule, k_point, cond, cond_mask, shape, sampler="ddim",
@@ -95,18 +93,8 @@ class Posterior:
                    x_known=x, known=observed, x0_range=x0_range)
       lc = latent_codec(states[1])
       z, obs = lc.encode(x), lc.expand(observed)  # [B, h, w, C*k], [B, C*k]
-      z_samples, z_point = run(states, key, mask_condition(z, obs, shift, scale), obs, z.shape,
-                               x_known=z, known=obs, x0_range=latent_range)
-      k, b = z_samples.shape[:2]
-      decoded = lc.decode(z_samples.reshape((k * b,) + z_samples.shape[2:]))
-      decoded = decoded.reshape((k, b) + decoded.shape[1:])
-      # "samples": the mean of the decoded chains, not the decoding of their mean.
-      mean = decoded.mean(0) if point == "samples" else lc.decode(z_point)
-      if x0_range is not None:  # the data's bounds, now in pixels
-        clip = lambda a: jnp.clip(a, x0_range[0], x0_range[1])
-        decoded, mean = clip(decoded), clip(mean)
-      keep = lambda a: jnp.where(observed[:, None, None, :], x, a)  # exact, not decoded
-      return keep(decoded), keep(mean)
+      return run(states, key, mask_condition(z, obs, shift, scale), obs, z.shape,
+                 x_known=z, known=obs, x0_range=latent_range)  # decoded by `_decoded`
 
     def cells(states, key, genes, num_proteins):
       mask = jnp.ones(genes.shape[:1] + genes.shape[-1:], bool)
@@ -115,9 +103,14 @@ class Posterior:
     def encode(states, x):
       return latent_codec(states[1]).encode(x)
 
+    def decode(states, z, features):
+      return latent_codec(states[1]).decode(z, features)
+
     self._images = jax.jit(images)
     self._cells = jax.jit(cells, static_argnums=3)
     self._encode = jax.jit(encode) if codec is not None else None
+    self._decode = jax.jit(decode) if codec is not None else None
+    self._x0_range = x0_range
 
   def _padded(self, fn, key, first: np.ndarray, *rest) -> tuple[np.ndarray, np.ndarray]:
     n = len(first)
@@ -126,7 +119,37 @@ class Posterior:
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch_size - n, 0)])
     args = [pad(first)] + [pad(a) if isinstance(a, np.ndarray) else a for a in rest]
     samples, mean = fn(self._state, key, *args)
+    if self.codec is not None:
+      samples, mean = self._decoded(samples, mean, args[0], args[1])
     return np.asarray(samples)[:, :n], np.asarray(mean)[:n]
+
+  def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
+    """Latent draws [K, B, h, w, C*k] and point [B, h, w, C*k] -> pixels, decoding only
+    the channels some tile misses (the rest are the input's), in groups of 8 channels so
+    that few decoder shapes compile."""
+    k, c = self.codec.k, observed.shape[1]
+    missing = np.flatnonzero(~observed.all(0))
+    samples = np.broadcast_to(x, (self.num_samples,) + x.shape).copy()
+    if len(missing):
+      m = min(c, -(-len(missing) // 8) * 8)
+      sel = np.concatenate([missing, np.full(m - len(missing), missing[-1])])
+      feat = (sel[:, None] * k + np.arange(k)).ravel()
+      kb = self.num_samples * len(x)
+      z = z_samples.reshape((kb,) + z_samples.shape[2:])[..., feat]
+      if self.point == "denoiser":
+        z = jnp.concatenate([z, z_point[..., feat]])
+      dec = np.asarray(self._decode(self._state, z, feat))[..., :len(missing)]
+      if self._x0_range is not None:  # the data's bounds, in pixels
+        lo, hi = (np.asarray(a)[missing] for a in self._x0_range)
+        dec = np.clip(dec, lo, hi)
+      samples[..., missing] = dec[:kb].reshape(samples.shape[:-1] + (len(missing),))
+    obs = observed[:, None, None, :]
+    samples = np.where(obs, x, samples)  # observed channels exact, not decoded
+    if self.point == "samples" or not len(missing):
+      return samples, np.where(obs, x, samples.mean(0))
+    mean = x.copy()
+    mean[..., missing] = dec[kb:]
+    return samples, np.where(obs, x, mean)
 
   def images(self, key: jax.Array, x: np.ndarray, observed: np.ndarray,
              context: tuple[np.ndarray, np.ndarray] | None = None

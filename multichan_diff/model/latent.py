@@ -55,8 +55,12 @@ class LatentCodec:
   def encode(self, x: jax.Array) -> jax.Array:
     return (self.autoencoder.encode(x) - self._mean) / self._std
 
-  def decode(self, z: jax.Array) -> jax.Array:
-    return self.autoencoder.decode(z * self._std + self._mean)
+  def decode(self, z: jax.Array, features: jax.Array | None = None) -> jax.Array:
+    """z [B, h, w, m*k] -> [B, H, W, m]: all channels, or those whose latent features
+    (indices into C*k) `features` lists (decoding only the channels one needs)."""
+    mean, std = ((self._mean, self._std) if features is None
+                 else (self._mean[features], self._std[features]))
+    return self.autoencoder.decode(z * std + mean)
 
   def expand(self, mask: jax.Array) -> jax.Array:
     return expand(mask, self.k)
