@@ -1,8 +1,9 @@
-"""Imputation speed: seconds per whole FOV and per 1000 cells, DDPM-500 and DDIM-50.
+"""Imputation speed: seconds per whole FOV and per 1000 cells, DDPM-500, DDIM-50, one-step.
 
     python benchmarks/impute_speed.py                                   # all measured (GPU)
     python benchmarks/impute_speed.py --tile-batches 2 --time-steps 5   # CPU: time a part
     python benchmarks/impute_speed.py --samples 8 --samplers ddim --cases images
+    python benchmarks/impute_speed.py --samples 8 --samplers ddpm ddim onestep --cases cells
     python benchmarks/impute_speed.py --config configs/mibi_granuloma_latent_cpu.py \
       --cases images --samplers ddim --fov-size 256
 
@@ -37,7 +38,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM"}
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "onestep": "one-step"}
+# A SiD generator has the teacher's architecture, so a random teacher times it too.
+T_INIT = 625
 
 
 def load_config(path: str | None):
@@ -127,7 +130,7 @@ def time_images(model, codec, schedule, args, sampler: str, steps: int,
     """(warm-up s, timed s over n calls) for a posterior running `run_steps` steps."""
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
                      num_samples=args.samples, batch_size=b, x0_range=None, point=args.point,
-                     codec=codec)
+                     codec=codec, t_init=T_INIT if sampler == "onestep" else None)
     t0 = time.perf_counter()
     tile_loop(post, padded, starts, observed, tile, 1, key, blender())  # compiles
     warm = time.perf_counter() - t0
@@ -161,7 +164,8 @@ def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int) 
 
   def timed(run_steps: int) -> tuple[float, float]:
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
-                     num_samples=args.samples, batch_size=b, point=args.point)
+                     num_samples=args.samples, batch_size=b, point=args.point,
+                     t_init=T_INIT if sampler == "onestep" else None)
     t0 = time.perf_counter()
     post.cells(key, genes[:b], args.proteins)  # compiles
     warm = time.perf_counter() - t0
@@ -188,7 +192,7 @@ def main():
   parser.add_argument("--cases", nargs="+", choices=("images", "cells"),
                       default=["images", "cells"])
   parser.add_argument("--samplers", nargs="+", choices=sorted(SAMPLER_NAMES),
-                      default=["ddpm", "ddim"], help="at their default steps (500, 50)")
+                      default=["ddpm", "ddim"], help="at their default steps (500, 50, 1)")
   parser.add_argument("--samples", type=int, default=1, help="K posterior samples per input")
   parser.add_argument("--point", choices=("samples", "denoiser"), default="samples",
                       help="'denoiser' adds the one-step point estimate (K more network "
