@@ -1,6 +1,5 @@
 """The jitted train step: it learns, compiles once, and shards without changing the math."""
 
-import time
 
 import chex
 import jax
@@ -39,14 +38,11 @@ def test_tiny_model_overfits_one_fixed_batch():
   fixed = lambda model, batch, key: loss_fn(model, batch, jax.random.key(42))
   step = jax.jit(make_train_step(graphdef, rest, tx, fixed))
   batch = _batch()
-  start = time.perf_counter()
   losses = []
   for i in range(300):
     state, m = step(state, batch, jax.random.key(0))
     losses.append(float(m["loss"]))
-  elapsed = time.perf_counter() - start
   assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
-  assert elapsed < 60, elapsed
 
 
 def test_train_step_traces_once():
