@@ -1,6 +1,5 @@
 """The jitted train step: it learns, compiles once, and shards without changing the math."""
 
-
 import chex
 import jax
 import jax.numpy as jnp
