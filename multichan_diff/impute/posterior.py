@@ -126,7 +126,8 @@ class Posterior:
   def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
     """Latent draws [K, B, h, w, C*k] and point [B, h, w, C*k] -> pixels, decoding only
     the channels some tile misses (the rest are the input's), in groups of 8 channels so
-    that few decoder shapes compile."""
+    that few decoder shapes compile, one tile batch of rows at a time (K + 1 batches of
+    up to C channels at once would need tens of GB)."""
     k, c = self.codec.k, observed.shape[1]
     missing = np.flatnonzero(~observed.all(0))
     samples = np.broadcast_to(x, (self.num_samples,) + x.shape).copy()
@@ -138,7 +139,9 @@ class Posterior:
       z = z_samples.reshape((kb,) + z_samples.shape[2:])[..., feat]
       if self.point == "denoiser":
         z = jnp.concatenate([z, z_point[..., feat]])
-      dec = np.asarray(self._decode(self._state, z, feat))[..., :len(missing)]
+      b = len(x)  # a tile batch per call: one shape, and the memory of one batch
+      dec = np.concatenate([np.asarray(self._decode(self._state, z[i:i + b], feat))
+                            for i in range(0, len(z), b)])[..., :len(missing)]
       if self._x0_range is not None:  # the data's bounds, in pixels
         lo, hi = (np.asarray(a)[missing] for a in self._x0_range)
         dec = np.clip(dec, lo, hi)
