@@ -91,8 +91,7 @@ class Posterior:
       if codec is None:
         return run(states, key, mask_condition(x, observed, shift, scale), observed, x.shape,
                    x_known=x, known=observed, x0_range=x0_range)
-      lc = latent_codec(states[1])
-      z, obs = lc.encode(x), lc.expand(observed)  # [B, h, w, C*k], [B, C*k]
+      z, obs = x, latent_codec(states[1]).expand(observed)  # x: latents from `_padded`
       return run(states, key, mask_condition(z, obs, shift, scale), obs, z.shape,
                  x_known=z, known=obs, x0_range=latent_range)  # decoded by `_decoded`
 
@@ -118,8 +117,11 @@ class Posterior:
       raise ValueError(f"batch of {n} exceeds the batch size {self.batch_size}")
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch_size - n, 0)])
     args = [pad(first)] + [pad(a) if isinstance(a, np.ndarray) else a for a in rest]
-    samples, mean = fn(self._state, key, *args)
-    if self.codec is not None:
+    if self.codec is None:
+      samples, mean = fn(self._state, key, *args)
+    else:  # the tiles are encoded in a jit of their own, outside the sampler's
+      z = self._encode(self._state, args[0])
+      samples, mean = fn(self._state, key, z, *args[1:])
       samples, mean = self._decoded(samples, mean, args[0], args[1])
     return np.asarray(samples)[:, :n], np.asarray(mean)[:n]
 
