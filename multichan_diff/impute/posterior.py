@@ -91,9 +91,9 @@ class Posterior:
       if codec is None:
         return run(states, key, mask_condition(x, observed, shift, scale), observed, x.shape,
                    x_known=x, known=observed, x0_range=x0_range)
-      z, obs = x, latent_codec(states[1]).expand(observed)  # x: latents from `_padded`
-      return run(states, key, mask_condition(z, obs, shift, scale), obs, z.shape,
-                 x_known=z, known=obs, x0_range=latent_range)  # decoded by `_decoded`
+      obs = latent_codec(states[1]).expand(observed)  # x: the tiles' latents, from `_padded`
+      return run(states, key, mask_condition(x, obs, shift, scale), obs, x.shape,
+                 x_known=x, known=obs, x0_range=latent_range)  # decoded by `_decoded`
 
     def cells(states, key, genes, num_proteins):
       mask = jnp.ones(genes.shape[:1] + genes.shape[-1:], bool)
