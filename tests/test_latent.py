@@ -74,6 +74,25 @@ def test_latent_sample_image_with_fov_context():
   assert shift.shape == scale.shape == (6,) and (scale >= 0.1).all()
 
 
+def test_latent_tiles_are_encoded_once_per_batch_across_observed_sets():
+  post = _latent_posterior()
+  calls = []
+  encode = post._encode_jit
+  post._encode_jit = lambda state, x: calls.append(x.shape) or encode(state, x)
+  image = np.random.default_rng(0).normal(size=(13, 20, 3)).astype(np.float32)
+  kw = dict(tile=8, overlap=2, context_norm="fov")
+  first = sample_image(post, image, np.array([True, False, False]), key=jax.random.key(0), **kw)
+  batches = len(calls)  # 3 tile batches, each shared by fov_context and the sampler
+  assert batches == 3
+  again = sample_image(post, image, np.array([True, False, False]), key=jax.random.key(0), **kw)
+  sample_image(post, image, np.array([False, True, True]), key=jax.random.key(1), **kw)
+  assert len(calls) == batches  # another observed set: the same tiles, no new encoding
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  sample_image(post, image + 1, np.array([True, False, False]), key=jax.random.key(0), **kw)
+  assert len(calls) == 2 * batches  # other pixels are encoded anew
+
+
 @needs_data
 def test_latent_store_train_evaluate_and_impute(tmp_path, store_path, autoencoder_model,
                                                 capsys):
