@@ -34,6 +34,11 @@ from multichan_diff.model.latent import LatentCodec
 POINT_ESTIMATES = ("denoiser", "samples")
 
 
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+  """a [m, ...] -> [n, ...], repeating the last row: every batch has one shape."""
+  return np.concatenate([a, np.repeat(a[-1:], n - len(a), 0)])
+
+
 class Posterior:
   """K samples and the point estimate per condition; one compilation per batch shape.
 
@@ -135,7 +140,7 @@ class Posterior:
     n = len(first)
     if n > self.batch_size:
       raise ValueError(f"batch of {n} exceeds the batch size {self.batch_size}")
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch_size - n, 0)])
+    pad = lambda a: _pad_rows(a, self.batch_size)
     args = [pad(first)] + [pad(a) if isinstance(a, np.ndarray) else a for a in rest]
     if self.codec is None:
       samples, mean = fn(self._state, key, *args)
@@ -197,9 +202,8 @@ class Posterior:
     zs = []
     for lo in range(0, len(tiles), self.batch_size):
       chunk = tiles[lo:lo + self.batch_size].astype(np.float32)
-      n = len(chunk)  # padded to the batch size: one compilation
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
-      zs.append(self._encode(chunk)[:n])
+      # Padded as `_padded` pads: one compilation, and the sampler finds these latents.
+      zs.append(self._encode(_pad_rows(chunk, self.batch_size))[:len(chunk)])
     z = np.concatenate(zs)
     return fov_stats(z.reshape((-1,) + z.shape[2:]))
 
