@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       loss_on="all",              # all | missing
       prediction="v",             # v | eps: what the network outputs (see schedules.py)
       mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
+      point_fraction=0.0,         # share of each batch at t = T - 1 (the point estimate)
   ))
 
   config.optim = ml_collections.ConfigDict(dict(  # make_optimizer's arguments

@@ -76,3 +76,24 @@ def test_fov_statistics_standardise_the_condition_but_not_the_target():
   assert (np.asarray(cond)[~o] == 0).all()
   np.testing.assert_array_equal(cond_mask, obs)
   np.testing.assert_array_equal(target_obs, obs)
+
+
+def test_point_fraction_puts_that_share_of_the_batch_at_the_last_step():
+  seen = []
+
+  def spy(x_t, t, cond, mask):
+    seen.append(t)
+    return jnp.zeros_like(x_t)
+
+  schedule = get_schedule("linear", 100)
+  batch = {"x0": jnp.ones((4000, 1, 1, 2)), "observed": jnp.zeros((4000, 2), bool)}
+  for fraction in (0.0, 0.25):
+    get_loss_fn(schedule, prediction="v", point_fraction=fraction)(spy, batch, jax.random.key(0))
+  plain, mixed = (np.asarray(t) for t in seen)
+  last = mixed == 99
+  # Uniform t alone visits t = 99 once in 100 draws; the rest keep their uniform draw.
+  assert abs(last.mean() - (0.25 + 0.75 / 100)) < 0.03, last.mean()
+  np.testing.assert_array_equal(mixed[~last], plain[~last])
+  assert (plain == 99).mean() < 0.03
+  with pytest.raises(ValueError, match="point_fraction"):
+    get_loss_fn(schedule, point_fraction=1.0)

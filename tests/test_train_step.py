@@ -79,9 +79,10 @@ def test_sharded_step_equals_single_device_step(fsdp):
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   np.testing.assert_allclose(m8b["loss"], m1b["loss"], rtol=1e-4)
   # Adam moves each parameter by about lr = 3e-3 per step, whatever its gradient's size;
-  # reduction-order noise stays far below that, a wrong sharding would not.
+  # reduction-order noise stays far below that (up to 1 % of it, on a parameter whose
+  # gradient is nearly zero, where Adam's normalisation amplifies it), a wrong sharding not.
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
   if fsdp > 1:
     sharded = [x for x in jax.tree.leaves(s8.params) if not x.sharding.is_fully_replicated]
     assert sharded, "FSDP should split at least the large parameters"

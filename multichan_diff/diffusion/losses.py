@@ -55,7 +55,8 @@ def loss_weight(present: jax.Array, observed: jax.Array, loss_on: str) -> jax.Ar
 
 
 def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps",
-                t_range: tuple[int, int] | None = None) -> Callable[..., Any]:
+                t_range: tuple[int, int] | None = None,
+                point_fraction: float = 0.0) -> Callable[..., Any]:
   """-> loss_fn(model, batch, key) -> (loss, metrics).
 
   `model(x_t, t, cond, cond_mask)` predicts eps or v (`prediction`, see
@@ -65,7 +66,12 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps
   (An EDM-style objective would be a sibling factory with its own noise sampling and
   weighting; the model and the masks stay as they are.)
   t_range: (lo, hi) to draw t from [lo, hi) instead (SiD's fake score network).
+  point_fraction: the expected share of the batch put at t = T - 1 instead, where x_t is
+  pure noise and the v-loss is the MSE of the point estimate (`impute.posterior`) to x0:
+  uniform t visits that step once in T draws.
   """
+  if not 0.0 <= point_fraction < 1.0:
+    raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
   loss_weight(jnp.ones((1, 1)), jnp.zeros((1, 1)), loss_on)  # validate early
   if prediction not in PREDICTIONS:
     raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
@@ -75,6 +81,9 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps
     x0 = batch["x0"]
     k_t, k_eps = jax.random.split(key)
     t = jax.random.randint(k_t, (x0.shape[0],), *t_lo_hi)
+    if point_fraction:
+      t = jnp.where(jax.random.uniform(jax.random.fold_in(k_t, 1), t.shape) < point_fraction,
+                    schedule.num_steps - 1, t)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, eps)
     cond, cond_mask, observed = condition_of(batch)

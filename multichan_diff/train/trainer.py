@@ -216,7 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s = setup(config)
   diff = config.diffusion
   loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
-                        diff.get("prediction", "eps"))
+                        diff.get("prediction", "eps"),
+                        point_fraction=diff.get("point_fraction", 0.0))
   return fit(s, workdir, loss_fn, dict(mask_p=diff.mask_p, context_norm=context_norm(config)))
 
 
