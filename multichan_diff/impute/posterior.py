@@ -152,14 +152,15 @@ class Posterior:
 
   def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
     """Latent draws [K, B, h, w, C*k] and point [B, h, w, C*k] -> pixels, decoding only
-    the channels some tile misses (the rest are the input's), in groups of 8 channels so
-    that few decoder shapes compile, one tile batch of rows at a time (K + 1 batches of
-    up to C channels at once would need tens of GB)."""
+    the channels some tile misses (the rest are the input's), padded to 1, 2, 4 or a
+    multiple of 8 channels so that few decoder shapes compile, one tile batch of rows at a
+    time (K + 1 batches of up to C channels at once would need tens of GB)."""
     k, c = self.codec.k, observed.shape[1]
     missing = np.flatnonzero(~observed.all(0))
     samples = np.broadcast_to(x, (self.num_samples,) + x.shape).copy()
     if len(missing):
-      m = min(c, -(-len(missing) // 8) * 8)
+      n = len(missing)
+      m = min(c, 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8)
       sel = np.concatenate([missing, np.full(m - len(missing), missing[-1])])
       feat = (sel[:, None] * k + np.arange(k)).ravel()
       kb = self.num_samples * len(x)
