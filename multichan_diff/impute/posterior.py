@@ -161,7 +161,7 @@ class Posterior:
     if len(missing):
       n = len(missing)
       m = min(c, 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8)
-      sel = np.concatenate([missing, np.full(m - len(missing), missing[-1])])
+      sel = np.concatenate([missing, np.full(m - n, missing[-1])])
       feat = (sel[:, None] * k + np.arange(k)).ravel()
       kb = self.num_samples * len(x)
       z = z_samples.reshape((kb,) + z_samples.shape[2:])[..., feat]
