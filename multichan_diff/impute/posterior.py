@@ -161,19 +161,18 @@ class Posterior:
     if len(missing):
       n = len(missing)
       m = min(c, 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8)
-      sel = np.concatenate([missing, np.full(m - n, missing[-1])])
-      feat = (sel[:, None] * k + np.arange(k)).ravel()
+      feat = (_pad_rows(missing, m)[:, None] * k + np.arange(k)).ravel()
       kb = self.num_samples * len(x)
       z = z_samples.reshape((kb,) + z_samples.shape[2:])[..., feat]
       if self.point == "denoiser":
         z = jnp.concatenate([z, z_point[..., feat]])
       b = len(x)  # a tile batch per call: one shape, and the memory of one batch
       dec = np.concatenate([np.asarray(self._decode(self._state, z[i:i + b], feat))
-                            for i in range(0, len(z), b)])[..., :len(missing)]
+                            for i in range(0, len(z), b)])[..., :n]
       if self._x0_range is not None:  # the data's bounds, in pixels
         lo, hi = (np.asarray(a)[missing] for a in self._x0_range)
         dec = np.clip(dec, lo, hi)
-      samples[..., missing] = dec[:kb].reshape(samples.shape[:-1] + (len(missing),))
+      samples[..., missing] = dec[:kb].reshape(samples.shape[:-1] + (n,))
     obs = observed[:, None, None, :]
     samples = np.where(obs, x, samples)  # observed channels exact, not decoded
     if self.point == "samples" or not len(missing):
