@@ -120,13 +120,17 @@ def test_space_to_depth_round_trip():
 
 
 @pytest.mark.parametrize("h,w,stride,kernel", [(7, 5, 1, 3), (7, 5, 2, 3), (8, 8, 2, 3),
-                                               (6, 9, 1, 1), (5, 5, 2, 1)])
+                                               (6, 9, 1, 1), (5, 5, 2, 1), (9, 12, 1, 3),
+                                               (11, 9, 2, 3)])
 def test_conv_matches_xla_convolution(h, w, stride, kernel):
+  # Both routes (the matmul form below CONVOLVE_FROM pixels a side, XLA's convolution from
+  # there) against XLA's convolution, and the layer on the route its map size picks.
   from flax import nnx
-  from multichan_diff.model.blocks import Conv
+  from multichan_diff.model.blocks import Conv, _conv_im2col
   c = Conv(3, 4, kernel=kernel, stride=stride, rngs=nnx.Rngs(0))
   c.bias[...] = jnp.arange(4.0)
   x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
-  ref = jax.lax.conv_general_dilated(x, c.kernel[...], (stride, stride), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + c.bias[...]
-  np.testing.assert_allclose(c(x), ref, atol=1e-5)
+  conv = jax.lax.conv_general_dilated(x, c.kernel[...], (stride, stride), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(_conv_im2col(x, c.kernel[...], stride), conv, atol=1e-5)
+  np.testing.assert_allclose(c(x), conv + c.bias[...], atol=1e-5)

@@ -28,14 +28,40 @@ def group_count(width: int, groups: int) -> int:
   return g
 
 
-class Conv(nnx.Module):
-  """A SAME-padded k x k convolution, NHWC, computed as one matrix product (im2col).
+# XLA's CPU convolution is pathologically slow on small maps with many channels (2 x 2 x 384:
+# 14x the matmul form, forward and backward), and the matmul form (im2col) is slow on large
+# ones (32 x 32 x 32: 3x the convolution). Maps at least this many pixels on a side convolve.
+CONVOLVE_FROM = 8
 
-  XLA's CPU convolutions are pathologically slow on small maps with many channels (a
-  2x2x384 map took 15x longer than this form); the k*k shifted copies cost memory but
-  keep every convolution on the fast matmul path, on any backend. `dtype` None computes
-  in the promotion of the input's and the kernel's dtypes (bfloat16 when both are), as
-  flax layers do; a fixed float32 would silently undo bfloat16 compute.
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """SAME conv as one matrix product over the k*k shifted copies (memory for speed)."""
+  k, _, in_f, out_f = kernel.shape
+  s = stride
+  _, h, w, _ = x.shape
+  ho, wo = -(-h // s), -(-w // s)
+  if k > 1:
+    # SAME padding as XLA computes it for this stride.
+    ph, pw = max((ho - 1) * s + k - h, 0), max((wo - 1) * s + k - w, 0)
+    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    x = jnp.concatenate([x[:, dy:dy + (ho - 1) * s + 1:s, dx:dx + (wo - 1) * s + 1:s]
+                         for dy in range(k) for dx in range(k)], axis=-1)
+  elif s > 1:
+    x = x[:, ::s, ::s]
+  return x @ kernel.reshape(k * k * in_f, out_f)
+
+
+def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Conv(nnx.Module):
+  """A SAME-padded k x k convolution, NHWC: XLA's convolution on maps of `CONVOLVE_FROM`
+  pixels a side or more, one matrix product (im2col) on smaller ones and for 1x1 kernels.
+
+  `dtype` None computes in the promotion of the input's and the kernel's dtypes (bfloat16
+  when both are), as flax layers do; a fixed float32 would silently undo bfloat16 compute.
   """
 
   def __init__(self, in_f: int, out_f: int, *, kernel: int = 3, stride: int = 1,
@@ -48,22 +74,11 @@ class Conv(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, _, in_f, out_f = self.kernel.shape
-    s = self.stride
     dtype = jnp.result_type(x, self.kernel[...]) if self.dtype is None else self.dtype
-    x = x.astype(dtype)
-    b, h, w, _ = x.shape
-    ho, wo = -(-h // s), -(-w // s)
-    if k > 1:
-      # SAME padding as XLA computes it for this stride.
-      ph, pw = max((ho - 1) * s + k - h, 0), max((wo - 1) * s + k - w, 0)
-      x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-      x = jnp.concatenate([x[:, dy:dy + (ho - 1) * s + 1:s, dx:dx + (wo - 1) * s + 1:s]
-                           for dy in range(k) for dx in range(k)], axis=-1)
-    elif s > 1:
-      x = x[:, ::s, ::s]
-    kern = self.kernel[...].reshape(k * k * in_f, out_f).astype(dtype)
-    return x @ kern + self.bias[...].astype(dtype)
+    x, kern = x.astype(dtype), self.kernel[...].astype(dtype)
+    large = kern.shape[0] > 1 and min(x.shape[1:3]) >= CONVOLVE_FROM
+    y = (_conv_xla if large else _conv_im2col)(x, kern, self.stride)
+    return y + self.bias[...].astype(dtype)
 
 
 def conv(in_f: int, out_f: int, *, spatial: bool, rngs: nnx.Rngs, kernel: int = 3,
