@@ -22,7 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       store="",                   # a store written by `multichan-diff prepare`
       threads=8,                  # grain read threads (in-process)
       augment=True,               # random flips / right-angle rotations of image tiles
-      context_norm="global",      # or "fov": standardise the condition per FOV and channel
+      context_norm="global",      # "fov": standardise the condition per FOV and channel;
+                                  # "fov_targets": the targets too (pixel space)
   ))
 
   config.model = ml_collections.ConfigDict(dict(

@@ -85,6 +85,39 @@ def test_point_estimates():
     Posterior(model, get_schedule("linear", 100), point="median")
 
 
+def test_per_fov_standardised_targets_come_back_in_the_datas_units():
+  # A model trained with context_norm 'fov_targets' runs in units of each FOV's own
+  # channel statistics: observed channels are standardised with theirs, missing ones
+  # come back with the training FOVs' average, never with the input's values there.
+  cfg, model = tiny_model(3)
+  perturb_params(model)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+  obs = np.array([[True, False, True], [False, True, True]])
+  shift, scale = rng.normal(size=(2, 3)).astype(np.float32), np.full((2, 3), 2.0, np.float32)
+  typical = (np.array([0.5, -1.0, 0.0], np.float32), np.array([3.0, 0.5, 1.0], np.float32))
+  make = lambda **kw: Posterior(model, get_schedule("linear", 100), steps=3, num_samples=2,
+                                batch_size=2, **kw)
+  key = jax.random.key(4)
+  samples, point = make(target_stats=typical).images(key, x, obs, (shift, scale))
+  keep = obs[:, None, None, :]
+  for out in (*samples, point):
+    np.testing.assert_array_equal(np.where(keep, out, 0), np.where(keep, x, 0))
+  # The same chains in standardised units, by hand: condition and clamp (x - shift) / scale.
+  sh = np.where(obs, shift, typical[0])[:, None, None, :]
+  sc = np.where(obs, scale, typical[1])[:, None, None, :]
+  s_std, p_std = make().images(key, (x - sh) / sc, obs)
+  np.testing.assert_allclose(np.where(keep, 0, point), np.where(keep, 0, p_std * sc + sh),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.where(keep, 0, samples), np.where(keep, 0, s_std * sc + sh),
+                             rtol=1e-4, atol=1e-4)
+  # Missing channels' values and statistics in the input change nothing.
+  x2, shift2 = np.where(keep, x, 9.0).astype(np.float32), np.where(obs, shift, 5.0)
+  for a, b in zip(make(target_stats=typical).images(key, x2, obs, (shift2, scale)),
+                  (samples, point)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_samples_stay_in_the_data_range():
   cfg, model = tiny_model(2)
   perturb_params(model, scale=1.0)

@@ -101,5 +101,29 @@ def test_fov_context_norm_carries_each_tiles_fov_statistics(store_path):
   batch = next(iter(make_dataset(store_path, "train", global_batch_size=4,
                                  context_norm="fov")))
   assert batch["cond_shift"].shape == (4, 40) and batch["cond_scale"].shape == (4, 40)
+  # fov_targets: the record's x0 itself standardised, no statistics left to apply.
+  std_rec = StoreSource(store_path, "test", context_norm="fov_targets")[5]
+  np.testing.assert_allclose(std_rec["x0"], (rec["x0"] - rec["cond_shift"]) / rec["cond_scale"],
+                             rtol=1e-6, atol=1e-6)
+  assert "cond_shift" not in std_rec and "cond_scale" not in std_rec
   with pytest.raises(ValueError, match="unknown context_norm"):
     StoreSource(store_path, "test", context_norm="tile")
+
+
+def test_typical_fov_stats_average_the_training_fovs(store_path):
+  from multichan_diff.data import store
+  from multichan_diff.data.transforms import typical_fov_stats
+  attrs = store.read_attributes(store_path)
+  train = [attrs["fovs"].index(f) for f in attrs["splits"]["train"]]
+  assert 0 < len(train) < len(attrs["fovs"])
+  mean, std = typical_fov_stats(attrs)
+  np.testing.assert_allclose(mean, np.mean([attrs["fov_mean"][f] for f in train], 0), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(std, np.mean([attrs["fov_std"][f] for f in train], 0), rtol=1e-5)
+  # An export of a fov_targets run carries them; other runs do not.
+  from multichan_diff.train.export import _metadata
+  run = {"model": {}, "channels": attrs["channels"], "kind": "images",
+         "config": {"diffusion": {"schedule": "linear", "num_steps": 10}}}
+  meta, _ = _metadata({**run, "context_norm": "fov_targets"}, attrs, 1)
+  assert list(meta["target_stats"]) == [mean, std]
+  assert "target_stats" not in _metadata({**run, "context_norm": "fov"}, attrs, 1)[0]

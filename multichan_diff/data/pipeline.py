@@ -4,7 +4,8 @@ Each record is a dict: `x0` [H, W, C] float32, `present` [C] bool (the channels 
 dataset measured) and `observed` [C] bool (the random mask of Algorithm 1, drawn from the
 record's own seed, so a run is reproducible and a restored iterator resumes exactly).
 With `context_norm = "fov"`, image records also carry `cond_shift` and `cond_scale` [C]:
-their FOV's channel mean and std, with which the condition is standardised.
+their FOV's channel mean and std, with which the condition is standardised. With
+"fov_targets", `x0` itself comes standardised by them (condition and targets alike).
 
 A latent store (`prepare latent`) holds k features per channel: its records' `x0`,
 `present`, `observed` and stats have C*k entries, and the mask is drawn per channel, so a
@@ -23,7 +24,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.prepare import SPLITS
-from multichan_diff.data.transforms import CONTEXT_NORMS, Normalizer
+from multichan_diff.data.transforms import CONTEXT_NORMS, FOV_NORMS, Normalizer
 from multichan_diff.diffusion.masking import sample_observed_np
 from multichan_diff.model.latent import expand
 
@@ -61,10 +62,12 @@ class StoreSource(grain.sources.RandomAccessDataSource):
       self.present = np.ones((len(self.indices), len(self.channels)), bool)
     self.present = expand(self.present, self.group, np)
     self.fov_stats = None
-    if context_norm == "fov" and self.kind == "images":
+    self.standardise_targets = context_norm == "fov_targets"
+    if context_norm in FOV_NORMS and self.kind == "images":
       if "fov_mean" not in attrs:
         raise ValueError(f"{self.path}: the store has no per-FOV channel statistics, which "
-                         "context_norm 'fov' needs; prepare it again with this version")
+                         f"context_norm {context_norm!r} needs; prepare it again with this "
+                         "version")
       fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))[self.indices]
       self.fov_stats = (np.asarray(attrs["fov_mean"], np.float32)[fov],
                         np.asarray(attrs["fov_std"], np.float32)[fov])
@@ -96,8 +99,13 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     if self.normalizer is not None:  # a counts store: normalise on reading
       record["x0"] = self.normalizer.forward(record["x0"])
     record["present"] = self.present[i]
-    if self.fov_stats is not None:
-      record["cond_shift"], record["cond_scale"] = self.fov_stats[0][i], self.fov_stats[1][i]
+    if self.fov_stats is None:
+      return record
+    shift, scale = self.fov_stats[0][i], self.fov_stats[1][i]
+    if self.standardise_targets:
+      record["x0"] = (record["x0"] - shift) / scale
+    else:
+      record["cond_shift"], record["cond_scale"] = shift, scale
     return record
 
 

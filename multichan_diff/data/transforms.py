@@ -68,8 +68,10 @@ class Normalizer:
     return cls(**d)
 
 
-# Per-FOV standardisation of the contextual network's input ("context_norm = fov").
-CONTEXT_NORMS = ("global", "fov")
+# Per-FOV standardisation: "fov" of the contextual network's input only, "fov_targets" of
+# the diffused targets too (see `typical_fov_stats` for how outputs get back to units).
+CONTEXT_NORMS = ("global", "fov", "fov_targets")
+FOV_NORMS = ("fov", "fov_targets")
 # A channel nearly absent from a FOV keeps this std (in globally normalised units, where
 # the training pixels have std 1), so its few bright pixels are not blown up into noise.
 FOV_STD_FLOOR = 0.1
@@ -84,6 +86,20 @@ def fov_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   pix = image.reshape(-1, image.shape[-1]).astype(np.float64)
   return (pix.mean(0).astype(np.float32),
           np.maximum(pix.std(0), FOV_STD_FLOOR).astype(np.float32))
+
+
+def typical_fov_stats(attrs: dict) -> tuple[list[float], list[float]]:
+  """A store's (mean [C], std [C]) averaged over its training FOVs.
+
+  A model trained on per-FOV standardised targets ("fov_targets") outputs its missing
+  channels in units of their FOV's mean and std, which an imputed FOV cannot know: they
+  go back to the dataset's units with these, the training FOVs' average.
+  """
+  fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))
+  train = np.unique(fov[np.asarray(attrs["sample_split"]) == 0])
+  mean = np.asarray(attrs["fov_mean"], np.float64)[train].mean(0)
+  std = np.asarray(attrs["fov_std"], np.float64)[train].mean(0)
+  return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()
 
 
 def fit_normalizer(images: Sequence[np.ndarray], *, kind: str = "arcsinh", cofactor: float = 5.0,

@@ -145,7 +145,8 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
   model: has `encode_condition(cond, cond_mask)` and `denoise(x_t, t, ctx)`; E(c) is
   computed once for the B conditions and tiled K times. target_shape: [B, H, W, C].
   x_known / known [B, C]: target channels to clamp (images: the observed ones).
-  x0_range: optional (lo [C], hi [C]) bounds of the data (see the module docstring).
+  x0_range: optional (lo, hi) bounds of the data (see the module docstring), [C] or one
+  per condition [B, 1, 1, C].
   prediction: what the network outputs ("eps" or "v"); samplers see it as eps.
   sampler_kw: the sampler's own settings (onestep: t_init).
   """
@@ -156,6 +157,8 @@ def sample_posterior(model, schedule: Schedule, key: jax.Array, cond: jax.Array,
   ctx = model.encode_condition(cond, cond_mask)
   tile = lambda a: None if a is None else jnp.tile(a, (k,) + (1,) * (a.ndim - 1))
   ctx = jax.tree.map(tile, ctx)
+  if x0_range is not None and jnp.ndim(x0_range[0]) == len(target_shape):
+    x0_range = tuple(tile(jnp.asarray(a)) for a in x0_range)
   denoise = lambda x_t, t: output_to_eps(prediction, schedule, x_t, t.astype(jnp.int32),
                                         model.denoise(x_t, t, ctx))
   shape = (k * b,) + tuple(target_shape[1:])

@@ -14,7 +14,7 @@ import numpy as np
 
 from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
-from multichan_diff.data.transforms import Normalizer
+from multichan_diff.data.transforms import FOV_NORMS, Normalizer
 from multichan_diff.impute import tiling
 from multichan_diff.impute.posterior import Posterior, load_posterior
 from multichan_diff.train.metrics import Progress
@@ -45,8 +45,8 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   (K blended samples [K, H, W, C], blended point estimate [H, W, C]), observed channels
   equal to the input.
 
-  context_norm 'fov': the condition is standardised with this image's own channel mean
-  and std, as the model saw its training FOVs (the model.json says which).
+  context_norm 'fov' or 'fov_targets': the condition is standardised with this image's own
+  channel mean and std, as the model saw its training FOVs (the model.json says which).
   """
   h, w, c = image.shape
   padded = tiling.pad_to_tile(image, tile)
@@ -56,7 +56,7 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   obs = np.broadcast_to(observed.astype(bool), (posterior.batch_size, c))
   tiles_at = lambda chunk: np.stack([padded[y:y + tile, x:x + tile] for y, x in chunk])
   context = None
-  if context_norm == "fov":
+  if context_norm in FOV_NORMS:
     stats = posterior.fov_context(image, tiles_at(starts) if posterior.codec else None)
     context = tuple(np.broadcast_to(v, (posterior.batch_size, len(v))) for v in stats)
   for lo in range(0, len(starts), posterior.batch_size):

@@ -9,6 +9,11 @@ The point estimate is the posterior mean E[x0 | c], by one of two routes:
     grows, but slowly: each sample carries the posterior's full spread.
 Either way the K chains give the uncertainty (their standard deviation).
 
+A model trained on per-FOV standardised targets (`context_norm = fov_targets`) runs its
+chains in those units: observed channels are standardised with their FOV's own statistics,
+and the missing channels come back to the dataset's units with the training FOVs' average
+(`target_stats`; see `data.transforms.typical_fov_stats`).
+
 A latent-space model (a `LatentCodec`) takes and returns pixels all the same: tiles are
 encoded, the chains and the point estimate run on the latents (k per channel, the observed
 channels' clamped), and everything is decoded, observed channels then set to their input.
@@ -51,14 +56,19 @@ class Posterior:
   codec: a latent-space model's autoencoder and latent standardisation, or None.
   t_init: a distilled generator's timestep (sampler "onestep", whose point estimate is the
   mean of the K draws).
+  target_stats: (mean [C], std [C]) of the training FOVs for a model trained on per-FOV
+  standardised targets, or None.
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
                steps: int | None = None, num_samples: int = 8, batch_size: int = 16,
                x0_range: tuple[np.ndarray, np.ndarray] | None = None,
                prediction: str = "eps", point: str = "denoiser",
-               codec: LatentCodec | None = None, t_init: int | None = None):
+               codec: LatentCodec | None = None, t_init: int | None = None,
+               target_stats: tuple[np.ndarray, np.ndarray] | None = None):
     get_sampler(sampler)
+    if target_stats is not None and codec is not None:
+      raise ValueError("per-FOV standardised targets are for pixel-space models only")
     sampler_kw = {}
     if sampler == "onestep":  # a distilled generator: K draws, their mean the point
       if t_init is None:
@@ -96,9 +106,19 @@ class Posterior:
       return out["samples"], one["mean"]
 
     def images(states, key, x, observed, shift, scale):
-      if codec is None:
+      if codec is None and target_stats is None:
         return run(states, key, mask_condition(x, observed, shift, scale), observed, x.shape,
                    x_known=x, known=observed, x0_range=x0_range)
+      if codec is None:  # targets standardised per FOV: the chains run in those units
+        sh = jnp.where(observed, shift, jnp.asarray(target_stats[0]))[:, None, None, :]
+        sc = jnp.where(observed, scale, jnp.asarray(target_stats[1]))[:, None, None, :]
+        xs = (x - sh) / sc
+        bounds = None if x0_range is None else tuple((jnp.asarray(a) - sh) / sc
+                                                     for a in x0_range)
+        samples, point = run(states, key, mask_condition(xs, observed), observed, x.shape,
+                             x_known=xs, known=observed, x0_range=bounds)
+        keep = observed[:, None, None, :]
+        return jnp.where(keep, x, samples * sc + sh), jnp.where(keep, x, point * sc + sh)
       obs = latent_codec(states[1]).expand(observed)  # x: the tiles' latents, from `_padded`
       return run(states, key, mask_condition(x, obs, shift, scale), obs, x.shape,
                  x_known=x, known=obs, x0_range=latent_range)  # decoded by `_decoded`
@@ -187,7 +207,7 @@ class Posterior:
     """x [B, H, W, C] normalised (any value on missing channels), observed [B, C] bool ->
     (samples [K, B, H, W, C], point estimate [B, H, W, C]), observed channels equal to x.
     context: (shift, scale) [B, C] (a latent model: [B, C*k]) that standardise the
-    condition (a model trained with context_norm 'fov'), or None."""
+    condition (a model trained with context_norm 'fov' or 'fov_targets'), or None."""
     b, c = observed.shape
     c *= 1 if self.codec is None else self.codec.k
     shift, scale = context or (np.zeros((b, c), np.float32), np.ones((b, c), np.float32))
@@ -195,7 +215,7 @@ class Posterior:
                         np.asarray(shift, np.float32), np.asarray(scale, np.float32))
 
   def fov_context(self, image: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The FOV's (mean, std) [C_model] that standardise its condition (context_norm fov):
+    """The FOV's (mean, std) [C_model] that standardise its condition (context_norm fov*):
     over the image's pixels, or for a latent model over its tiles' latents [N, T, T, C]."""
     if self.codec is None:
       return fov_stats(image)
@@ -237,5 +257,5 @@ def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None =
       batch_size=batch_size or (256 if cells else 16),
       x0_range=None if cells else model_normalizer(meta).bounds(),
       prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
-      t_init=meta.get("t_init"))
+      t_init=meta.get("t_init"), target_stats=meta.get("target_stats"))
   return posterior, meta

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from multichan_diff.data import store
+from multichan_diff.data.transforms import typical_fov_stats
 from multichan_diff.diffusion.schedules import Schedule, get_schedule
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
@@ -75,6 +76,8 @@ def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, str | None]:
     meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
         "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
         "prediction": diffusion.get("prediction", "eps")})
+    if run.get("context_norm") == "fov_targets":  # how outputs get back to the data's units
+      meta["target_stats"] = typical_fov_stats(attrs)
   autoencoder = None
   if attrs.get("space") == "latent":
     latent = dict(attrs["latent"])

@@ -56,7 +56,8 @@ def model_config(config: ml_collections.ConfigDict, attrs: dict) -> ModelConfig:
 
 
 def context_norm(config: ml_collections.ConfigDict) -> str:
-  """How the observed channels are scaled for the contextual network: global or fov."""
+  """How images are standardised: global, fov (the condition per FOV) or fov_targets (the
+  condition and the targets per FOV)."""
   return config.data.get("context_norm", "global")
 
 
@@ -103,6 +104,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     raise ValueError(f"{config.data.store}: a {attrs.get('space', 'pixel')}-space store, but "
                      f"the config says space = {space!r} (a latent store comes from "
                      "`multichan-diff prepare latent`)")
+  if space == "latent" and context_norm(config) == "fov_targets":
+    raise ValueError("context_norm 'fov_targets' is for pixel-space models; a latent model "
+                     "takes 'fov' (the condition only) or 'global'")
   mcfg = model_config(config, attrs)
   run = {"space": space} if space != "pixel" else {}  # older runs have no key: pixel
   return _setup(config, attrs, mcfg, build_model(mcfg, config.train.seed),
