@@ -31,6 +31,7 @@ def get_config(arg=None):
   config.space = "latent"
   config.data.store = "stores/granuloma_b4_latent.zarr"  # the autoencoder: the pixel store
   config.data.augment = False  # flips of latents are not latents of flips
+  config.data.context_norm = "fov"  # the condition only: latent targets stay as encoded
   config.model.patch_size = 1
   # 2 cores: 8 tiles x 2 channels a step (the default 32 x 4 needs ~10 GB and ~8x longer).
   config.autoencoder.channels_per_tile = 2
