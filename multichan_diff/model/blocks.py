@@ -29,8 +29,9 @@ def group_count(width: int, groups: int) -> int:
 
 
 # XLA's CPU convolution is pathologically slow on small maps with many channels (2 x 2 x 384:
-# 14x the matmul form, forward and backward), and the matmul form (im2col) is slow on large
-# ones (32 x 32 x 32: 3x the convolution). Maps at least this many pixels on a side convolve.
+# 14x the matmul form, forward and backward). On large maps the matmul form (im2col) holds
+# k*k shifted copies (2-2.6x a 64 x 64 train step's peak memory) and is no faster (up to 3x
+# slower with the cores shared). Maps at least this many pixels on a side convolve.
 CONVOLVE_FROM = 8
 
 
