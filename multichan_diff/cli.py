@@ -86,7 +86,7 @@ def _export(args) -> dict:
 def _impute(args) -> dict:
   from multichan_diff.train.export import read_meta
   common = dict(samples=args.samples, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                point=args.point, overwrite=args.overwrite)
+                point=args.point, views=args.views, overwrite=args.overwrite)
   if read_meta(args.model)["kind"] == "cells":
     if args.observed or args.missing:
       raise ValueError("a cells model predicts every protein from the RNA; --observed and "
@@ -107,7 +107,7 @@ def _evaluate(args) -> dict:
                   panel=_names(args.panel), samples=args.samples, sampler=args.sampler,
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
-                  overwrite=args.overwrite)
+                  views=args.views, overwrite=args.overwrite)
 
 
 def _demo(args) -> dict:
@@ -125,6 +125,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--point", choices=("denoiser", "samples"), default="denoiser",
                  help="the point estimate (posterior mean): the network's x0 estimate from "
                       "pure noise, averaged over K draws, or the mean of the K samples")
+  p.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=1,
+                 help="images: orientations (flips / right-angle rotations) the samples are "
+                      "shared among; the point estimate averages over them")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
   p.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")

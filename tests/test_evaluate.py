@@ -61,7 +61,7 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   out = tmp_path / "report"
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
                "--panel", "CD45,PanKRT,HH3,VIM,SMA", "--out", str(out), "--samples", "2",
-               "--steps", "2"]) == 0
+               "--steps", "2", "--views", "2"]) == 0
   summary = json.loads(capsys.readouterr().out)
   report = json.loads((out / "report.json").read_text())
   assert set(report["methods"]) == {"model", "model_1_sample", "model_samples_mean",
@@ -74,6 +74,7 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   for name in ("report.md", "per_channel.png", "examples.png"):
     assert (out / name).stat().st_size > 0
   assert "| CD3 |" in (out / "report.md").read_text()
+  assert report["views"] == 2 and "2 orientations" in (out / "report.md").read_text()
   # A channel the store does not have, and a model/store mismatch, are clear errors.
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
                "--panel", "CD999", "--out", str(tmp_path / "r2")]) == 2
@@ -94,6 +95,10 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   assert 0 < krr["r_p"] < 1 and 0 < krr["r_c"] <= 1
   assert len(report["methods"]["model"]["per_channel"]) == 29
   assert (out / "cells.png").stat().st_size > 0 and (out / "per_channel.png").stat().st_size > 0
+  # Orientations are for images, and a cells model says so, leaving nothing behind.
+  assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
+               str(tmp_path / "r2"), "--samples", "2", "--views", "2"]) == 2
+  assert "a cell has none" in capsys.readouterr().err and not (tmp_path / "r2").exists()
   # An existing report is left alone.
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
                str(out)]) == 2

@@ -12,6 +12,7 @@ from helpers import DATA, needs_data, perturb_params, tiny_model
 from multichan_diff.cli import main
 from multichan_diff.data import readers
 from multichan_diff.data.prepare import bin_image
+from multichan_diff.data.transforms import dihedral
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.impute import tiling
 from multichan_diff.impute.images import observed_channels, sample_image
@@ -116,6 +117,50 @@ def test_per_fov_standardised_targets_come_back_in_the_datas_units():
   for a, b in zip(make(target_stats=typical).images(key, x2, obs, (shift2, scale)),
                   (samples, point)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_dihedral_views_are_the_eight_symmetries_and_invert():
+  a = np.arange(2 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 2)
+  seen = {dihedral(a, v).tobytes() for v in range(8)}
+  assert len(seen) == 8  # all distinct
+  for v in range(8):
+    np.testing.assert_array_equal(dihedral(dihedral(a, v), v, inverse=True), a)
+    np.testing.assert_array_equal(dihedral(a[None], v)[0], dihedral(a, v))  # leading axes
+  np.testing.assert_array_equal(dihedral(a, 1), np.rot90(a, 1, axes=(1, 2)))
+  np.testing.assert_array_equal(dihedral(a, 4), a[:, :, ::-1])
+
+
+def test_views_share_the_draws_among_orientations():
+  # views=4: the tiles turned 0..3 quarter turns, K/4 draws each (view v keyed by
+  # fold_in(key, v), view 0 by key), each turned back; the point is the views' mean.
+  cfg, model = tiny_model(3)
+  perturb_params(model)
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  obs = np.array([[True, False, False], [False, True, True]])
+  make = lambda k, **kw: Posterior(model, get_schedule("linear", 100), steps=2, num_samples=k,
+                                   batch_size=2, **kw)
+  key = jax.random.key(3)
+  samples, point = make(8, views=4).images(key, x, obs)
+  assert samples.shape == (8, 2, 8, 8, 3)
+  one = make(2)
+  by_hand = [one.images(jax.random.fold_in(key, v) if v else key, np.rot90(x, v, (1, 2)), obs)
+             for v in range(4)]
+  np.testing.assert_allclose(
+      samples, np.concatenate([np.rot90(s, -v, (2, 3)) for v, (s, _) in enumerate(by_hand)]),
+      rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      point, np.mean([np.rot90(p, -v, (1, 2)) for v, (_, p) in enumerate(by_hand)], 0),
+      rtol=1e-5, atol=1e-5)
+  keep = obs[:, None, None, :]
+  np.testing.assert_array_equal(np.where(keep, point, 0), np.where(keep, x, 0))
+  # The orientations disagree, so the average is not any one of them.
+  assert not np.allclose(point, np.rot90(by_hand[1][1], -1, (1, 2)), atol=1e-4)
+  with pytest.raises(ValueError, match="views"):
+    make(6, views=4)
+  with pytest.raises(ValueError, match="views"):
+    make(3, views=3)
+  with pytest.raises(ValueError, match="a cell has none"):
+    make(2, views=2).cells(key, np.zeros((2, 5), np.float32), 3)
 
 
 def test_samples_stay_in_the_data_range():

@@ -24,7 +24,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.prepare import SPLITS
-from multichan_diff.data.transforms import CONTEXT_NORMS, FOV_NORMS, Normalizer
+from multichan_diff.data.transforms import CONTEXT_NORMS, FOV_NORMS, Normalizer, dihedral
 from multichan_diff.diffusion.masking import sample_observed_np
 from multichan_diff.model.latent import expand
 
@@ -126,9 +126,8 @@ class RandomDihedral(grain.transforms.RandomMap):
   """One of the 8 flips / right-angle rotations of an image tile: tissue has no orientation."""
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    k, flip = rng.integers(4), rng.integers(2)
-    x = np.rot90(record["x0"], k, axes=(0, 1))
-    return {**record, "x0": np.ascontiguousarray(x[:, ::-1] if flip else x)}
+    view = int(rng.integers(4)) + 4 * int(rng.integers(2))
+    return {**record, "x0": np.ascontiguousarray(dihedral(record["x0"], view))}
 
 
 def make_dataset(path: str, split: str = "train", *, global_batch_size: int, seed: int = 0,

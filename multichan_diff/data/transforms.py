@@ -77,6 +77,18 @@ FOV_NORMS = ("fov", "fov_targets")
 FOV_STD_FLOOR = 0.1
 
 
+def dihedral(a: np.ndarray, view: int, *, inverse: bool = False) -> np.ndarray:
+  """One of the 8 flips / right-angle rotations of [..., H, W, C] images (tissue has no
+  orientation): view = k + 4 * flip rotates by k quarter turns, then flips the width axis
+  if flip. inverse=True undoes the view."""
+  k, flip = view % 4, view // 4 % 2
+  if not inverse:
+    a = np.rot90(a, k, axes=(-3, -2))
+  if flip:
+    a = a[..., ::-1, :]
+  return np.rot90(a, -k, axes=(-3, -2)) if inverse else a
+
+
 def fov_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """image [H, W, C] normalised -> (mean [C], std [C]) over its pixels, std floored.
 

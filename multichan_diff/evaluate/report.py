@@ -47,7 +47,9 @@ def markdown(summary: dict, info: dict) -> str:
            + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
            f"Model `{info['model']}` on store `{info['store']}`; {info['sampler']} with "
            f"{info['steps']} steps; `model` is the posterior mean as "
-           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}, "
+           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}"
+           + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1
+              else "") + ", "
            f"`model_1_sample` one sample"
            + ("" if info.get("point", "samples") == "samples" else
               f", `model_samples_mean` the mean of the {info['samples']} samples")

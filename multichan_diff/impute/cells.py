@@ -60,14 +60,14 @@ def to_clr(z: np.ndarray, meta: dict) -> np.ndarray:
 def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
                  sampler: str = "ddim", steps: int | None = None, seed: int = 0,
                  batch_size: int = 256, layer: str | None = None, point: str = "denoiser",
-                 overwrite: bool = False) -> dict:
+                 views: int = 1, overwrite: bool = False) -> dict:
   """Writes `out`: the input h5ad plus obsm['protein_predicted'] (posterior mean) and
   obsm['protein_predicted_std'], DataFrames with the model's protein names."""
   import anndata
   import pandas as pd
   store.check_writable(out, overwrite)
   posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
-                                   batch_size=batch_size, point=point)
+                                   batch_size=batch_size, point=point, views=views)
   if meta["kind"] != "cells":
     raise ValueError(f"{model_dir}: an {meta['kind']} model; cells need a cells model")
   try:

@@ -9,6 +9,10 @@ The point estimate is the posterior mean E[x0 | c], by one of two routes:
     grows, but slowly: each sample carries the posterior's full spread.
 Either way the K chains give the uncertainty (their standard deviation).
 
+Images can be seen in several orientations (`views` of the 8 flips / right-angle
+rotations; tissue has none): the K draws are shared out among the views, each view's
+output turned back, so the point estimate averages over orientations at no extra cost.
+
 A model trained on per-FOV standardised targets (`context_norm = fov_targets`) runs its
 chains in those units: observed channels are standardised with their FOV's own statistics,
 and the missing channels come back to the dataset's units with the training FOVs' average
@@ -32,11 +36,12 @@ from flax import nnx
 from multichan_diff.diffusion.masking import mask_condition
 from multichan_diff.diffusion.samplers import DEFAULT_STEPS, get_sampler, sample_posterior
 from multichan_diff.diffusion.schedules import Schedule
-from multichan_diff.data.transforms import fov_stats
+from multichan_diff.data.transforms import dihedral, fov_stats
 from multichan_diff.model.latent import LatentCodec
 
 
 POINT_ESTIMATES = ("denoiser", "samples")
+VIEWS = (1, 2, 4, 8)
 
 
 def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
@@ -58,6 +63,7 @@ class Posterior:
   mean of the K draws).
   target_stats: (mean [C], std [C]) of the training FOVs for a model trained on per-FOV
   standardised targets, or None.
+  views: 1, 2, 4 or 8 orientations of each image tile, num_samples / views draws each.
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
@@ -65,7 +71,7 @@ class Posterior:
                x0_range: tuple[np.ndarray, np.ndarray] | None = None,
                prediction: str = "eps", point: str = "denoiser",
                codec: LatentCodec | None = None, t_init: int | None = None,
-               target_stats: tuple[np.ndarray, np.ndarray] | None = None):
+               target_stats: tuple[np.ndarray, np.ndarray] | None = None, views: int = 1):
     get_sampler(sampler)
     if target_stats is not None and codec is not None:
       raise ValueError("per-FOV standardised targets are for pixel-space models only")
@@ -83,6 +89,11 @@ class Posterior:
     self.num_samples, self.batch_size = int(num_samples), int(batch_size)
     if self.num_samples < 1 or self.batch_size < 1:
       raise ValueError("samples and batch size must be at least 1")
+    if views not in VIEWS or self.num_samples % views:
+      raise ValueError(f"views must be one of {VIEWS} and divide the samples "
+                       f"({self.num_samples}), got {views}")
+    self.views = views
+    draws = self.num_samples // views  # per view
     graphdef, state = nnx.split(model)
     self.codec = codec
     self._state = (state, None)
@@ -96,7 +107,7 @@ class Posterior:
     def run(states, key, cond, cond_mask, shape, **known):
       m = nnx.merge(graphdef, states[0])
       k_chain, k_point = jax.random.split(key)
-      common = dict(num_samples=self.num_samples, prediction=prediction, **known)
+      common = dict(num_samples=draws, prediction=prediction, **known)
       out = sample_posterior(m, schedule, k_chain, cond, cond_mask, shape, sampler=sampler,
                              steps=self.steps, **sampler_kw, **common)
       if point == "samples":
@@ -171,18 +182,18 @@ class Posterior:
     return np.asarray(samples)[:, :n], np.asarray(mean)[:n]
 
   def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
-    """Latent draws [K, B, h, w, C*k] and point [B, h, w, C*k] -> pixels, decoding only
+    """Latent draws [K', B, h, w, C*k] (K' = K / views) and point [B, h, w, C*k] -> pixels, decoding only
     the channels some tile misses (the rest are the input's), padded to 1, 2, 4 or a
     multiple of 8 channels so that few decoder shapes compile, one tile batch of rows at a
     time (K + 1 batches of up to C channels at once would need tens of GB)."""
     k, c = self.codec.k, observed.shape[1]
     missing = np.flatnonzero(~observed.all(0))
-    samples = np.broadcast_to(x, (self.num_samples,) + x.shape).copy()
+    samples = np.broadcast_to(x, (len(z_samples),) + x.shape).copy()
     if len(missing):
       n = len(missing)
       m = min(c, 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8)
       feat = (_pad_rows(missing, m)[:, None] * k + np.arange(k)).ravel()
-      kb = self.num_samples * len(x)
+      kb = len(z_samples) * len(x)
       z = z_samples.reshape((kb,) + z_samples.shape[2:])[..., feat]
       if self.point == "denoiser":
         z = jnp.concatenate([z, z_point[..., feat]])
@@ -211,8 +222,15 @@ class Posterior:
     b, c = observed.shape
     c *= 1 if self.codec is None else self.codec.k
     shift, scale = context or (np.zeros((b, c), np.float32), np.ones((b, c), np.float32))
-    return self._padded(self._images, key, x.astype(np.float32), observed.astype(bool),
-                        np.asarray(shift, np.float32), np.asarray(scale, np.float32))
+    rest = observed.astype(bool), np.asarray(shift, np.float32), np.asarray(scale, np.float32)
+    x = x.astype(np.float32)
+    draws, points = [], []
+    for v in range(self.views):  # view 0, the tiles as given, keeps the key
+      samples, point = self._padded(self._images, jax.random.fold_in(key, v) if v else key,
+                                    dihedral(x, v), *rest)
+      draws.append(dihedral(samples, v, inverse=True))
+      points.append(dihedral(point, v, inverse=True))
+    return np.concatenate(draws), np.mean(points, 0)
 
   def fov_context(self, image: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The FOV's (mean, std) [C_model] that standardise its condition (context_norm fov*):
@@ -230,6 +248,8 @@ class Posterior:
   def cells(self, key: jax.Array, genes: np.ndarray,
             num_proteins: int) -> tuple[np.ndarray, np.ndarray]:
     """genes [B, G] normalised -> (samples [K, B, P], point estimate [B, P])."""
+    if self.views > 1:
+      raise ValueError("views (orientations) are for images; a cell has none")
     samples, mean = self._padded(self._cells, key, genes.astype(np.float32)[:, None, None, :],
                                  num_proteins)
     return samples[:, :, 0, 0, :], mean[:, 0, 0, :]
@@ -237,7 +257,7 @@ class Posterior:
 
 def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None = None,
                    samples: int = 8, batch_size: int | None = None,
-                   point: str = "denoiser") -> tuple[Posterior, dict]:
+                   point: str = "denoiser", views: int = 1) -> tuple[Posterior, dict]:
   """-> (Posterior, model.json) of an exported diffusion model or distilled generator
   (which needs sampler "onestep", and the reverse)."""
   from multichan_diff.impute.images import model_normalizer
@@ -257,5 +277,5 @@ def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None =
       batch_size=batch_size or (256 if cells else 16),
       x0_range=None if cells else model_normalizer(meta).bounds(),
       prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
-      t_init=meta.get("t_init"), target_stats=meta.get("target_stats"))
+      t_init=meta.get("t_init"), target_stats=meta.get("target_stats"), views=views)
   return posterior, meta
