@@ -125,9 +125,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--point", choices=("denoiser", "samples"), default="denoiser",
                  help="the point estimate (posterior mean): the network's x0 estimate from "
                       "pure noise, averaged over K draws, or the mean of the K samples")
-  p.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=1,
+  p.add_argument("--views", type=int, choices=(1, 2, 4, 8),
                  help="images: orientations (flips / right-angle rotations) the samples are "
-                      "shared among; the point estimate averages over them")
+                      "shared among, the point estimate averaged over them (default: the "
+                      "most that divide --samples; 1 for latent and cells models)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
   p.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")

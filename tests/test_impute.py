@@ -16,7 +16,7 @@ from multichan_diff.data.transforms import dihedral
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.impute import tiling
 from multichan_diff.impute.images import observed_channels, sample_image
-from multichan_diff.impute.posterior import Posterior
+from multichan_diff.impute.posterior import Posterior, load_posterior
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(64, 16, 4), (70, 16, 4), (16, 16, 0), (50, 32, 8)])
@@ -161,6 +161,15 @@ def test_views_share_the_draws_among_orientations():
     make(3, views=3)
   with pytest.raises(ValueError, match="a cell has none"):
     make(2, views=2).cells(key, np.zeros((2, 5), np.float32), 3)
+
+
+@needs_data
+def test_default_views_share_the_samples_evenly(image_model, cells_model):
+  # Pixel-space images: the most orientations that divide K; cells have none.
+  for k, v in ((8, 8), (6, 2), (12, 4), (3, 1)):
+    assert load_posterior(image_model, samples=k, steps=1)[0].views == v
+  assert load_posterior(image_model, samples=8, steps=1, views=2)[0].views == 2
+  assert load_posterior(str(cells_model[2]), samples=8, steps=1)[0].views == 1
 
 
 def test_samples_stay_in_the_data_range():

@@ -17,7 +17,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              mode: str = "single", panel: list[str] | None = None, samples: int = 8,
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
-             name_map: str | None = None, point: str = "denoiser", views: int = 1,
+             name_map: str | None = None, point: str = "denoiser", views: int | None = None,
              overwrite: bool = False) -> dict:
   from multichan_diff.train.export import load_model
   store.check_writable(out, overwrite)
@@ -32,7 +32,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
           "sampler": sampler, "steps": posterior.steps, "samples": samples,
-          "point": posterior.point, "views": views, "seed": seed}
+          "point": posterior.point, "views": posterior.views, "seed": seed}
   if kind == "cells":
     from multichan_diff.evaluate.cells import evaluate_cells
     result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)

@@ -60,7 +60,7 @@ def to_clr(z: np.ndarray, meta: dict) -> np.ndarray:
 def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
                  sampler: str = "ddim", steps: int | None = None, seed: int = 0,
                  batch_size: int = 256, layer: str | None = None, point: str = "denoiser",
-                 views: int = 1, overwrite: bool = False) -> dict:
+                 views: int | None = None, overwrite: bool = False) -> dict:
   """Writes `out`: the input h5ad plus obsm['protein_predicted'] (posterior mean) and
   obsm['protein_predicted_std'], DataFrames with the model's protein names."""
   import anndata

@@ -182,8 +182,8 @@ class Posterior:
     return np.asarray(samples)[:, :n], np.asarray(mean)[:n]
 
   def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
-    """Latent draws [K', B, h, w, C*k] (K' = K / views) and point [B, h, w, C*k] -> pixels, decoding only
-    the channels some tile misses (the rest are the input's), padded to 1, 2, 4 or a
+    """Latent draws [K', B, h, w, C*k] (K' = K / views) and point [B, h, w, C*k] -> pixels,
+    decoding only the channels some tile misses (the rest are the input's), padded to 1, 2, 4 or a
     multiple of 8 channels so that few decoder shapes compile, one tile batch of rows at a
     time (K + 1 batches of up to C channels at once would need tens of GB)."""
     k, c = self.codec.k, observed.shape[1]
@@ -257,9 +257,12 @@ class Posterior:
 
 def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None = None,
                    samples: int = 8, batch_size: int | None = None,
-                   point: str = "denoiser", views: int = 1) -> tuple[Posterior, dict]:
+                   point: str = "denoiser", views: int | None = None
+                   ) -> tuple[Posterior, dict]:
   """-> (Posterior, model.json) of an exported diffusion model or distilled generator
-  (which needs sampler "onestep", and the reverse)."""
+  (which needs sampler "onestep", and the reverse). views=None: a pixel-space images
+  model sees as many orientations as share the samples evenly (the largest of 1, 2, 4, 8
+  that divides them), others one."""
   from multichan_diff.impute.images import model_normalizer
   from multichan_diff.train.export import (load_codec, load_model, load_prediction,
                                            load_schedule)
@@ -272,6 +275,9 @@ def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None =
         "sample it with --sampler onestep" if network == "generator" else
         "--sampler onestep needs a distilled generator (`multichan-diff distill`)"))
   cells = meta["kind"] == "cells"
+  if views is None:
+    views = 1 if cells or meta.get("space") == "latent" else max(
+        v for v in VIEWS if samples % v == 0)
   posterior = Posterior(
       model, load_schedule(meta), sampler=sampler, steps=steps, num_samples=samples,
       batch_size=batch_size or (256 if cells else 16),
