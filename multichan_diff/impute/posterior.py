@@ -183,9 +183,9 @@ class Posterior:
 
   def _decoded(self, z_samples, z_point, x: np.ndarray, observed: np.ndarray):
     """Latent draws [K', B, h, w, C*k] (K' = K / views) and point [B, h, w, C*k] -> pixels,
-    decoding only the channels some tile misses (the rest are the input's), padded to 1, 2, 4 or a
-    multiple of 8 channels so that few decoder shapes compile, one tile batch of rows at a
-    time (K + 1 batches of up to C channels at once would need tens of GB)."""
+    decoding only the channels some tile misses (the rest are the input's), padded to 1, 2,
+    4 or a multiple of 8 channels so that few decoder shapes compile, one tile batch of rows
+    at a time (K + 1 batches of up to C channels at once would need tens of GB)."""
     k, c = self.codec.k, observed.shape[1]
     missing = np.flatnonzero(~observed.all(0))
     samples = np.broadcast_to(x, (len(z_samples),) + x.shape).copy()
