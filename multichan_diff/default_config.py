@@ -24,6 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       augment=True,               # random flips / right-angle rotations of image tiles
       context_norm="global",      # "fov": standardise the condition per FOV and channel;
                                   # "fov_targets": the targets too (pixel space)
+      train_splits=("train",),    # ("train", "val"): the final fit, once the settings are
+                                  # chosen on val (the baselines fit both for the test split)
   ))
 
   config.model = ml_collections.ConfigDict(dict(

@@ -23,6 +23,14 @@ def test_source_reads_one_split_and_pickles(store_path):
   np.testing.assert_array_equal(clone[3]["x0"], rec["x0"])
   with pytest.raises(ValueError, match="unknown split"):
     StoreSource(store_path, "holdout")
+  # Several splits: the final fit on train + val, once the settings are chosen on val.
+  both = StoreSource(store_path, ("train", "val"))
+  val = StoreSource(store_path, "val")
+  assert len(both) == len(src) + len(val)
+  np.testing.assert_array_equal(both.indices, np.sort(np.r_[src.indices, val.indices]))
+  for bad in (("train", "holdout"), ()):
+    with pytest.raises(ValueError, match="unknown split"):
+      StoreSource(store_path, bad)
 
 
 def test_batches_are_masked_deterministic_and_resume_exactly(store_path):
@@ -127,3 +135,11 @@ def test_typical_fov_stats_average_the_training_fovs(store_path):
   meta, _ = _metadata({**run, "context_norm": "fov_targets"}, attrs, 1)
   assert list(meta["target_stats"]) == [mean, std]
   assert "target_stats" not in _metadata({**run, "context_norm": "fov"}, attrs, 1)[0]
+  # A run trained on train + val goes back to the units of all the FOVs it saw.
+  seen = train + [attrs["fovs"].index(f) for f in attrs["splits"]["val"]]
+  both = typical_fov_stats(attrs, ("train", "val"))
+  np.testing.assert_allclose(both[0], np.mean([attrs["fov_mean"][f] for f in seen], 0),
+                             rtol=1e-5, atol=1e-6)
+  meta, _ = _metadata({**run, "context_norm": "fov_targets", "train_splits": ["train", "val"]},
+                      attrs, 1)
+  assert list(meta["target_stats"]) == list(both) and both[0] != mean

@@ -158,6 +158,21 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, store_path):
   other.model.widths = (16, 16)
   with pytest.raises(ValueError, match="another model config"):
     train_and_evaluate(other, str(tmp_path / "w"))
+  other = _config(store_path, steps=4)
+  other.data.train_splits = ("train", "val")
+  with pytest.raises(ValueError, match="another set of training splits"):
+    train_and_evaluate(other, str(tmp_path / "w"))
+
+
+def test_final_fit_on_train_and_val_has_no_validation_loss(tmp_path, store_path):
+  config = _config(store_path, steps=2, eval_every=1, log_every=1)
+  config.data.train_splits = ("train", "val")
+  train_and_evaluate(config, str(tmp_path / "w"))
+  lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [1, 2] and not any("val_loss" in l for l in lines)
+  ckpts = Checkpoints(str(tmp_path / "w"))
+  assert ckpts.run_info(2)["train_splits"] == ["train", "val"]
+  ckpts.close()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store_path):

@@ -16,7 +16,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import StoreSource
-from multichan_diff.data.prepare import SPLITS
+from multichan_diff.data.store import SPLITS
 from multichan_diff.data.transforms import FOV_STD_FLOOR
 from multichan_diff.model.latent import LatentStats, expand
 

@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import jax
 import numpy as np
 
 from multichan_diff.data import store
-from multichan_diff.data.prepare import SPLITS
+from multichan_diff.data.store import SPLITS
 from multichan_diff.data.transforms import CONTEXT_NORMS, FOV_NORMS, Normalizer, dihedral
 from multichan_diff.diffusion.masking import sample_observed_np
 from multichan_diff.model.latent import expand
 
 
 class StoreSource(grain.sources.RandomAccessDataSource):
-  """Random access to one split of a store. Opened lazily, picklable, thread-safe."""
+  """Random access to one split of a store (or several, or all with None). Opened lazily,
+  picklable, thread-safe."""
 
-  def __init__(self, path: str, split: str | None = "train", context_norm: str = "global"):
+  def __init__(self, path: str, split: str | Sequence[str] | None = "train",
+               context_norm: str = "global"):
     if context_norm not in CONTEXT_NORMS:
       raise ValueError(f"unknown context_norm {context_norm!r}; choose from {CONTEXT_NORMS}")
     self.path = os.path.abspath(path)
@@ -49,11 +51,13 @@ class StoreSource(grain.sources.RandomAccessDataSource):
     if split is None:
       self.indices = np.arange(len(attrs["sample_split"]))
     else:
-      if split not in SPLITS:
+      splits = (split,) if isinstance(split, str) else tuple(split)
+      if not splits or any(s not in SPLITS for s in splits):
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-      self.indices = np.flatnonzero(np.asarray(attrs["sample_split"]) == SPLITS.index(split))
+      self.indices = np.flatnonzero(np.isin(attrs["sample_split"],
+                                            [SPLITS.index(s) for s in splits]))
       if not len(self.indices):
-        raise ValueError(f"{self.path}: the {split} split has no samples")
+        raise ValueError(f"{self.path}: the {'+'.join(splits)} split has no samples")
     # Union stores: each sample's panel says which channels it measured.
     if "panel_present" in attrs:
       panel = np.asarray(attrs["sample_panel"])[self.indices]
@@ -130,7 +134,7 @@ class RandomDihedral(grain.transforms.RandomMap):
     return {**record, "x0": np.ascontiguousarray(dihedral(record["x0"], view))}
 
 
-def make_dataset(path: str, split: str = "train", *, global_batch_size: int, seed: int = 0,
+def make_dataset(path: str, split: str | Sequence[str] = "train", *, global_batch_size: int, seed: int = 0,
                  mask_p: float | tuple[float, float] = (0.1, 0.9), augment: bool = False,
                  shuffle: bool = True, context_norm: str = "global",
                  num_epochs: int | None = None, process_index: int | None = None,

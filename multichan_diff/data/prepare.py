@@ -10,9 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from multichan_diff.data import readers, store
+from multichan_diff.data.store import SPLITS
 from multichan_diff.data.transforms import fit_normalizer, fov_stats
-
-SPLITS = ("train", "val", "test")
 
 
 def bin_image(image: np.ndarray, b: int, how: str = "mean") -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from multichan_diff.data import readers, store
-from multichan_diff.data.prepare import SPLITS
+from multichan_diff.data.store import SPLITS
 
 
 def log1p_cp10k(rna) -> sp.csr_matrix:

@@ -23,6 +23,8 @@ import tensorstore as ts
 # pipeline normalises on reading (half the bytes of bfloat16 would need, exact counts kept).
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "uint16": "uint16"}
 
+SPLITS = ("train", "val", "test")  # the codes 0, 1, 2 of `sample_split`
+
 
 def sha256(path: str, chunk: int = 1 << 20) -> str:
   h = hashlib.sha256()

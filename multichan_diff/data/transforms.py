@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from multichan_diff.data.store import SPLITS
+
 TRANSFORMS = ("arcsinh", "log1p", "none")
 
 
@@ -100,15 +102,16 @@ def fov_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
           np.maximum(pix.std(0), FOV_STD_FLOOR).astype(np.float32))
 
 
-def typical_fov_stats(attrs: dict) -> tuple[list[float], list[float]]:
-  """A store's (mean [C], std [C]) averaged over its training FOVs.
+def typical_fov_stats(attrs: dict, splits: Sequence[str] = ("train",)
+                      ) -> tuple[list[float], list[float]]:
+  """A store's (mean [C], std [C]) averaged over the FOVs of the splits a model trained on.
 
   A model trained on per-FOV standardised targets ("fov_targets") outputs its missing
   channels in units of their FOV's mean and std, which an imputed FOV cannot know: they
   go back to the dataset's units with these, the training FOVs' average.
   """
   fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))
-  train = np.unique(fov[np.asarray(attrs["sample_split"]) == 0])
+  train = np.unique(fov[np.isin(attrs["sample_split"], [SPLITS.index(s) for s in splits])])
   mean = np.asarray(attrs["fov_mean"], np.float64)[train].mean(0)
   std = np.asarray(attrs["fov_std"], np.float64)[train].mean(0)
   return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()

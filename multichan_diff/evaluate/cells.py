@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from multichan_diff.data import readers, store
-from multichan_diff.data.prepare import SPLITS
+from multichan_diff.data.store import SPLITS
 from multichan_diff.evaluate.images import fit_splits, sample_rows
 from multichan_diff.data.prepare_cells import clr, log1p_cp10k
 from multichan_diff.evaluate import metrics

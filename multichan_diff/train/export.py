@@ -77,7 +77,7 @@ def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, str | None]:
         "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
         "prediction": diffusion.get("prediction", "eps")})
     if run.get("context_norm") == "fov_targets":  # how outputs get back to the data's units
-      meta["target_stats"] = typical_fov_stats(attrs)
+      meta["target_stats"] = typical_fov_stats(attrs, run.get("train_splits", ("train",)))
   autoencoder = None
   if attrs.get("space") == "latent":
     latent = dict(attrs["latent"])

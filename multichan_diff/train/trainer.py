@@ -86,7 +86,7 @@ def _setup(config, attrs, mcfg, model, **run) -> Setup:
   tx = make_optimizer(**config.optim, total_steps=config.train.steps)
   graphdef, rest, state = init_train_state(model, tx)
   run = {"model": json.loads(json.dumps(dataclasses.asdict(mcfg))),
-         "channels": attrs["channels"], "kind": attrs["kind"], **run,
+         "channels": attrs["channels"], "kind": attrs["kind"], **run, **_splits_key(config),
          "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
   return Setup(config, attrs, mcfg, graphdef, rest, state, tx, run)
 
@@ -176,7 +176,7 @@ def setup_distill(config: ml_collections.ConfigDict) -> Setup:
                           config.train.ema_decay)
   run = {"network": "generator", "model": meta["model"], "channels": meta["channels"],
          "kind": meta["kind"], "genes": meta.get("genes"), "space": meta.get("space"),
-         "context_norm": meta.get("context_norm"), "teacher": d.teacher,
+         "context_norm": meta.get("context_norm"), "teacher": d.teacher, **_splits_key(config),
          "store": os.path.abspath(config.data.store), "config": json.loads(config.to_json())}
   return Setup(config, attrs, ModelConfig.from_mapping(meta["model"]), graphdef, rest, state,
                tx_gen, run, step_fn)
@@ -186,7 +186,8 @@ def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
   for key, what in (("network", "network"), ("space", "space"), ("model", "model config"),
                     ("channels", "channel panel"), ("genes", "gene list"),
-                    ("context_norm", "context_norm"), ("teacher", "teacher")):
+                    ("context_norm", "context_norm"), ("teacher", "teacher"),
+                    ("train_splits", "set of training splits")):
     if saved.get(key) != run.get(key):
       diff = saved.get(key), run.get(key)
       if isinstance(diff[0], dict) and isinstance(diff[1], dict):
@@ -196,9 +197,23 @@ def check_compatible(saved: dict, run: dict, workdir: str) -> None:
                        f"(checkpoint vs now: {diff}); use a new --workdir")
 
 
+def train_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The store splits a run trains on (older configs have no key: the training split)."""
+  return tuple(config.data.get("train_splits", ("train",)))
+
+
+def _splits_key(config: ml_collections.ConfigDict) -> dict:
+  """The run's training splits, recorded when not the default (older runs have no key)."""
+  splits = train_splits(config)
+  return {} if splits == ("train",) else {"train_splits": list(splits)}
+
+
 def _eval_batches(config, sharding, data_kw):
   """Up to `eval_batches` fixed validation batches (smaller than training ones when the
-  split is small, a multiple of the device count); none without a validation split."""
+  split is small, a multiple of the device count); none without a held-out validation
+  split."""
+  if "val" in train_splits(config):
+    return []  # trained on: its loss would not measure generalisation
   try:
     n_val = len(StoreSource(config.data.store, "val"))
   except ValueError:
@@ -261,7 +276,8 @@ def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
   state = jax.device_put(s.state, state_sh)
   bsh = batch_sharding(mesh)
 
-  it = make_iterator(make_dataset(config.data.store, "train", global_batch_size=tc.batch_size,
+  it = make_iterator(make_dataset(config.data.store, train_splits(config),
+                                  global_batch_size=tc.batch_size,
                                   seed=tc.seed, augment=config.data.get("augment", False),
                                   **data_kw),
                      num_threads=config.data.threads)
