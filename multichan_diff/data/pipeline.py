@@ -134,9 +134,9 @@ class RandomDihedral(grain.transforms.RandomMap):
     return {**record, "x0": np.ascontiguousarray(dihedral(record["x0"], view))}
 
 
-def make_dataset(path: str, split: str | Sequence[str] = "train", *, global_batch_size: int, seed: int = 0,
-                 mask_p: float | tuple[float, float] = (0.1, 0.9), augment: bool = False,
-                 shuffle: bool = True, context_norm: str = "global",
+def make_dataset(path: str, split: str | Sequence[str] = "train", *, global_batch_size: int,
+                 seed: int = 0, mask_p: float | tuple[float, float] = (0.1, 0.9),
+                 augment: bool = False, shuffle: bool = True, context_norm: str = "global",
                  num_epochs: int | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.MapDataset:
   """The batched MapDataset of this host's share: global_batch_size / process_count per batch."""

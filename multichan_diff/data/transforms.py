@@ -108,12 +108,12 @@ def typical_fov_stats(attrs: dict, splits: Sequence[str] = ("train",)
 
   A model trained on per-FOV standardised targets ("fov_targets") outputs its missing
   channels in units of their FOV's mean and std, which an imputed FOV cannot know: they
-  go back to the dataset's units with these, the training FOVs' average.
+  go back to the dataset's units with these, the average of the FOVs it saw.
   """
   fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))
-  train = np.unique(fov[np.isin(attrs["sample_split"], [SPLITS.index(s) for s in splits])])
-  mean = np.asarray(attrs["fov_mean"], np.float64)[train].mean(0)
-  std = np.asarray(attrs["fov_std"], np.float64)[train].mean(0)
+  seen = np.unique(fov[np.isin(attrs["sample_split"], [SPLITS.index(s) for s in splits])])
+  mean = np.asarray(attrs["fov_mean"], np.float64)[seen].mean(0)
+  std = np.asarray(attrs["fov_std"], np.float64)[seen].mean(0)
   return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()
 
 
