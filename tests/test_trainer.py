@@ -173,6 +173,12 @@ def test_final_fit_on_train_and_val_has_no_validation_loss(tmp_path, store_path)
   ckpts = Checkpoints(str(tmp_path / "w"))
   assert ckpts.run_info(2)["train_splits"] == ["train", "val"]
   ckpts.close()
+  # Same seed, other data: the batches (so the parameters) differ from a train-only run.
+  alone = _config(store_path, steps=2, eval_every=1, log_every=1)
+  train_and_evaluate(alone, str(tmp_path / "a"))
+  a, b = _params(str(tmp_path / "a"), alone), _params(str(tmp_path / "w"), config)
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store_path):
