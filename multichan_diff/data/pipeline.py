@@ -54,8 +54,7 @@ class StoreSource(grain.sources.RandomAccessDataSource):
       splits = (split,) if isinstance(split, str) else tuple(split)
       if not splits or any(s not in SPLITS for s in splits):
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-      self.indices = np.flatnonzero(np.isin(attrs["sample_split"],
-                                            [SPLITS.index(s) for s in splits]))
+      self.indices = np.flatnonzero(store.in_splits(attrs, splits))
       if not len(self.indices):
         raise ValueError(f"{self.path}: the {'+'.join(splits)} split has no samples")
     # Union stores: each sample's panel says which channels it measured.

@@ -26,6 +26,11 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "uint16": "uint16"}
 SPLITS = ("train", "val", "test")  # the codes 0, 1, 2 of `sample_split`
 
 
+def in_splits(attrs: dict, splits) -> np.ndarray:
+  """[N] bool: which of a store's samples belong to any of `splits` (names in SPLITS)."""
+  return np.isin(attrs["sample_split"], [SPLITS.index(s) for s in splits])
+
+
 def sha256(path: str, chunk: int = 1 << 20) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from multichan_diff.data.store import SPLITS
+from multichan_diff.data.store import in_splits
 
 TRANSFORMS = ("arcsinh", "log1p", "none")
 
@@ -111,7 +111,7 @@ def typical_fov_stats(attrs: dict, splits: Sequence[str] = ("train",)
   go back to the dataset's units with these, the average of the FOVs it saw.
   """
   fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))
-  seen = np.unique(fov[np.isin(attrs["sample_split"], [SPLITS.index(s) for s in splits])])
+  seen = np.unique(fov[in_splits(attrs, splits)])
   mean = np.asarray(attrs["fov_mean"], np.float64)[seen].mean(0)
   std = np.asarray(attrs["fov_std"], np.float64)[seen].mean(0)
   return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()

@@ -56,7 +56,7 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
   if baselines:
     cells = _source_cells(attrs, store_path)
     rna = log1p_cp10k(cells.rna)
-    fit = np.isin(attrs["sample_split"], [SPLITS.index(s) for s in fit_splits(split)])
+    fit = store.in_splits(attrs, fit_splits(split))
     preds.update(cell_baselines(rna[fit], rna[idx], clr(cells.protein)[fit], seed=seed))
   scores = {name: {"r_p": metrics.r_p(p, truth), "r_c": metrics.r_c(p, truth),
                    "pearson": metrics.pearson(p, truth), "spearman": metrics.spearman(p, truth),
