@@ -84,10 +84,11 @@ def _export(args) -> dict:
 
 
 def _impute(args) -> dict:
+  from multichan_diff.impute.posterior import model_dirs
   from multichan_diff.train.export import read_meta
   common = dict(samples=args.samples, sampler=args.sampler, steps=args.steps, seed=args.seed,
                 point=args.point, views=args.views, overwrite=args.overwrite)
-  if read_meta(args.model)["kind"] == "cells":
+  if read_meta(model_dirs(args.model)[0])["kind"] == "cells":
     if args.observed or args.missing:
       raise ValueError("a cells model predicts every protein from the RNA; --observed and "
                        "--missing apply to images")
@@ -234,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
       description="Images: OUT is a folder with <fov>.ome.tif (full panel) and "
       "<fov>_std.ome.tif. Cells: OUT is the input h5ad with obsm['protein_predicted'] and "
       "obsm['protein_predicted_std'].")
-  im.add_argument("--model", required=True, help="a folder written by `multichan-diff export`")
+  im.add_argument("--model", required=True, help="a folder written by `multichan-diff export`"
+                  ", or several, comma-separated: an ensemble (K samples from each, the "
+                  "point estimate their mean)")
   im.add_argument("--input", required=True, help="an OME-TIFF, a folder of FOVs, or an h5ad")
   im.add_argument("--out", required=True)
   im.add_argument("--observed", help="comma-separated channels to condition on")
@@ -249,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
       description="Writes OUT/report.json, report.md and plots. Images: Pearson, Spearman, "
       "RMSE per channel (modes: single = each channel held out in turn; multi = 10 fixed "
       "random halves; panel = --panel observed). Cells: r_p, r_c in CLR units.")
-  ev.add_argument("--model", required=True)
+  ev.add_argument("--model", required=True,
+                  help="a folder written by `multichan-diff export`, or several, comma-"
+                  "separated: an ensemble")
   ev.add_argument("--store", required=True, help="a store written by `multichan-diff prepare`")
   ev.add_argument("--split", choices=("test", "val", "train"), default="test")
   ev.add_argument("--mode", choices=("single", "multi", "panel"), default="single")

@@ -1,6 +1,7 @@
 """Evaluation: observed sets, FOV reassembly, report summaries, and `evaluate` end to end."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,3 +104,20 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
                str(out)]) == 2
   assert "already exists" in capsys.readouterr().err
+  # Several models, comma-separated: an ensemble, scored as one model.
+  twin = tmp_path / "twin"
+  shutil.copytree(model, twin)
+  both = f"{model},{twin}"
+  assert main(["evaluate", "--model", both, "--store", str(st), "--out",
+               str(tmp_path / "ens"), "--samples", "2", "--steps", "2"]) == 0
+  ens = json.loads((tmp_path / "ens" / "report.json").read_text())
+  assert ens["model"] == f"{model},{twin}" and ens["members"] == 2
+  assert 0 < ens["methods"]["model"]["mean"]["r_c"] <= 1
+  # A member with another protein panel is refused, naming both folders and the key.
+  meta = json.loads((twin / "model.json").read_text())
+  (twin / "model.json").write_text(json.dumps({**meta, "channels": meta["channels"][::-1]}))
+  assert main(["evaluate", "--model", both, "--store", str(st), "--out",
+               str(tmp_path / "ens2")]) == 2
+  err = capsys.readouterr().err
+  assert f"{twin} and {model} cannot form an ensemble" in err and "'channels'" in err
+  assert not (tmp_path / "ens2").exists()

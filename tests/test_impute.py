@@ -15,6 +15,7 @@ from multichan_diff.data.prepare import bin_image
 from multichan_diff.data.transforms import dihedral
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.impute import tiling
+from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.impute.images import observed_channels, sample_image
 from multichan_diff.impute.posterior import Posterior, load_posterior
 
@@ -161,6 +162,39 @@ def test_views_share_the_draws_among_orientations():
     make(3, views=3)
   with pytest.raises(ValueError, match="a cell has none"):
     make(2, views=2).cells(key, np.zeros((2, 5), np.float32), 3)
+
+
+def test_ensemble_pools_the_draws_and_averages_the_point_estimates():
+  # Two networks trained alike but initialised differently: each draws its own K samples
+  # (member 0 with the ensemble's key), the point estimate is the mean of theirs.
+  members = []
+  for seed in (1, 2):
+    _, model = tiny_model(3)
+    members.append(Posterior(perturb_params(model, seed=seed), get_schedule("linear", 100),
+                             steps=3, num_samples=2, batch_size=2))
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  obs = np.array([[True, False, True], [False, True, False]])
+  key = jax.random.key(3)
+  samples, point = Ensemble(members).images(key, x, obs)
+  (s0, p0), (s1, p1) = members[0].images(key, x, obs), members[1].images(
+      jax.random.fold_in(key, 1), x, obs)
+  assert samples.shape == (4, 2, 8, 8, 3) and Ensemble(members).num_samples == 4
+  np.testing.assert_array_equal(samples, np.concatenate([s0, s1]))
+  np.testing.assert_allclose(point, (p0 + p1) / 2, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(p0, p1, atol=1e-3)  # the members disagree: the mean is neither
+  keep = obs[:, None, None, :]
+  np.testing.assert_array_equal(np.where(keep, point, 0), np.where(keep, x, 0))
+  one = Ensemble(members[:1]).images(key, x, obs)  # an ensemble of one is that model
+  np.testing.assert_array_equal(one[1], p0)
+  # Members must read and write data alike; what differs is named.
+  meta = {"kind": "images", "channels": ["a", "b"], "tile": 16, "step": 10}
+  check_members([meta, {**meta, "step": 20, "model": {"widths": [8]}}], ["m1", "m2"])
+  with pytest.raises(ValueError, match="m2 and m1 .*'channels' differs"):
+    check_members([meta, {**meta, "channels": ["a", "c"]}], ["m1", "m2"])
+  with pytest.raises(ValueError, match="'tile' differs"):
+    check_members([meta, {**meta, "tile": 32}], ["m1", "m2"])
+  with pytest.raises(ValueError, match="latent"):
+    check_members([{**meta, "space": "latent"}] * 2, ["m1", "m2"])
 
 
 @needs_data

@@ -43,9 +43,13 @@ def summarise(result: dict, kind: str) -> dict:
 def markdown(summary: dict, info: dict) -> str:
   key, methods = summary["headline"], summary["methods"]
   names = list(methods)
+  members = info.get("members", 1)
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
            + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
-           f"Model `{info['model']}` on store `{info['store']}`; {info['sampler']} with "
+           f"Model `{info['model']}`"
+           + (f" (an ensemble of {members}: each member's draws as below, `model` the mean "
+              "of their estimates)" if members > 1 else "")
+           + f" on store `{info['store']}`; {info['sampler']} with "
            f"{info['steps']} steps; `model` is the posterior mean as "
            f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}"
            + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1

@@ -9,7 +9,7 @@ import numpy as np
 
 from multichan_diff.data import panels, store
 from multichan_diff.evaluate import report
-from multichan_diff.impute.posterior import load_posterior
+from multichan_diff.impute.posterior import load_posterior, model_dirs
 from multichan_diff.train.export import read_meta
 
 
@@ -22,17 +22,21 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   from multichan_diff.train.export import load_model
   store.check_writable(out, overwrite)
   attrs = store.read_attributes(store_path)
-  meta = read_meta(model_dir)
+  dirs = model_dirs(model_dir)  # several: an ensemble
+  meta = read_meta(dirs[0])
   if meta.get("network") == "autoencoder":
+    if len(dirs) > 1:
+      raise ValueError(f"{model_dir}: autoencoders are scored one at a time")
     model, meta = load_model(model_dir)
     return _reconstruction(model, meta, model_dir, store_path, out, split, overwrite)
   posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
                                    batch_size=batch_size, point=point, views=views)
   kind = meta["kind"]
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
-          "model": os.path.abspath(model_dir), "store": os.path.abspath(store_path),
+          "model": ",".join(map(os.path.abspath, dirs)), "store": os.path.abspath(store_path),
           "sampler": sampler, "steps": posterior.steps, "samples": samples,
-          "point": posterior.point, "views": posterior.views, "seed": seed}
+          "point": posterior.point, "views": posterior.views, "seed": seed,
+          "members": len(dirs)}
   if kind == "cells":
     from multichan_diff.evaluate.cells import evaluate_cells
     result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)

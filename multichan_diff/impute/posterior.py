@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ from multichan_diff.diffusion.masking import mask_condition
 from multichan_diff.diffusion.samplers import DEFAULT_STEPS, get_sampler, sample_posterior
 from multichan_diff.diffusion.schedules import Schedule
 from multichan_diff.data.transforms import dihedral, fov_stats
+from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.model.latent import LatentCodec
 
 
@@ -255,14 +257,37 @@ class Posterior:
     return samples[:, :, 0, 0, :], mean[:, 0, 0, :]
 
 
-def load_posterior(model_dir: str, *, sampler: str = "ddim", steps: int | None = None,
-                   samples: int = 8, batch_size: int | None = None,
+def model_dirs(model: str | Sequence[str]) -> list[str]:
+  """`--model`: one exported model's folder, or several, comma-separated (an ensemble)."""
+  parts = model.split(",") if isinstance(model, str) else list(model)
+  dirs = [p.strip() for p in parts if p.strip()]
+  if not dirs:
+    raise ValueError("no model folder given")
+  return dirs
+
+
+def load_posterior(model: str | Sequence[str], *, sampler: str = "ddim",
+                   steps: int | None = None, samples: int = 8, batch_size: int | None = None,
                    point: str = "denoiser", views: int | None = None
-                   ) -> tuple[Posterior, dict]:
+                   ) -> tuple[Posterior | Ensemble, dict]:
   """-> (Posterior, model.json) of an exported diffusion model or distilled generator
-  (which needs sampler "onestep", and the reverse). views=None: a pixel-space images
-  model sees as many orientations as share the samples evenly (the largest of 1, 2, 4, 8
-  that divides them), others one."""
+  (which needs sampler "onestep", and the reverse); several folders (see `model_dirs`)
+  -> (Ensemble of them, the first's model.json). views=None: a pixel-space images model
+  sees as many orientations as share the samples evenly (the largest of 1, 2, 4, 8 that
+  divides them), others one."""
+  from multichan_diff.train.export import read_meta
+  dirs = model_dirs(model)
+  if len(dirs) > 1:
+    check_members([read_meta(d) for d in dirs], dirs)
+  loaded = [_load_one(d, sampler=sampler, steps=steps, samples=samples,
+                      batch_size=batch_size, point=point, views=views) for d in dirs]
+  if len(loaded) == 1:
+    return loaded[0]
+  return Ensemble([p for p, _ in loaded]), loaded[0][1]
+
+
+def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, views
+              ) -> tuple[Posterior, dict]:
   from multichan_diff.impute.images import model_normalizer
   from multichan_diff.train.export import (load_codec, load_model, load_prediction,
                                            load_schedule)
