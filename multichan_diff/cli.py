@@ -34,7 +34,8 @@ def _prepare_citeseq(args) -> dict:
 
 def _prepare_union(args) -> dict:
   from multichan_diff.data.prepare import prepare_union
-  return prepare_union(args.stores, args.out, name_map=args.name_map, overwrite=args.overwrite)
+  return prepare_union(args.stores, args.out, name_map=args.name_map,
+                       intersection=args.intersection, overwrite=args.overwrite)
 
 
 def _prepare_latent(args) -> dict:
@@ -105,7 +106,8 @@ def _impute(args) -> dict:
 def _evaluate(args) -> dict:
   from multichan_diff.evaluate.run import evaluate
   return evaluate(args.model, args.store, args.out, split=args.split, mode=args.mode,
-                  panel=_names(args.panel), samples=args.samples, sampler=args.sampler,
+                  panel=_names(args.panel), channels=_names(args.channels),
+                  samples=args.samples, sampler=args.sampler,
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
                   views=args.views, overwrite=args.overwrite)
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
   un.add_argument("stores", nargs="+")
   un.add_argument("--out", required=True)
   un.add_argument("--name-map", help="CSV 'name,alias' of synonyms across panels")
+  un.add_argument("--intersection", action="store_true",
+                  help="keep only the channels every panel measured")
   un.add_argument("--overwrite", action="store_true")
   un.set_defaults(func=_prepare_union)
 
@@ -259,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--split", choices=("test", "val", "train"), default="test")
   ev.add_argument("--mode", choices=("single", "multi", "panel"), default="single")
   ev.add_argument("--panel", help="with --mode panel: the observed channels")
+  ev.add_argument("--channels", help="images: use only these of the store's channels, "
+                  "observed or scored (e.g. the channels two models' panels share)")
   ev.add_argument("--out", required=True, help="report folder")
   _add_sampling_args(ev)
   ev.set_defaults(func=_evaluate)

@@ -80,6 +80,18 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
                "--panel", "CD999", "--out", str(tmp_path / "r2")]) == 2
   assert "CD999" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+  # --channels: the other store channels are as if never measured, for the model and the
+  # baselines alike (never observed, never scored).
+  sub = ["CD45", "PanKRT", "CD3", "CD8", "VIM"]
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "single",
+               "--channels", ",".join(sub), "--out", str(tmp_path / "r3"), "--samples", "2",
+               "--steps", "1", "--views", "1"]) == 0
+  r3 = json.loads((tmp_path / "r3" / "report.json").read_text())
+  assert r3["channels"] == sub and r3["sets"] == [[c for c in sub if c != x] for x in sub]
+  assert set(r3["methods"]["ridge"]["per_channel"]) == set(sub)
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--channels",
+               "CD3,CD999", "--out", str(tmp_path / "r4")]) == 2
+  assert "--channels" in capsys.readouterr().err and not (tmp_path / "r4").exists()
 
 
 @needs_data

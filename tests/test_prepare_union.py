@@ -9,6 +9,7 @@ from helpers import DATA, needs_data
 from multichan_diff.cli import main
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import make_dataset, make_iterator
+from multichan_diff.data.transforms import typical_fov_stats
 
 pytestmark = needs_data
 
@@ -48,6 +49,31 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
   np.testing.assert_allclose(np.asarray(attrs["fov_mean"][attrs["sample_fov"][k]])[dcis_idx],
                              g["fov_mean"][g["tile_fov"][5]])
   assert (np.asarray(attrs["fov_std"][attrs["sample_fov"][k]])[gran_only] == 1).all()
+  # The intersection: only the shared channels, in the union's order, values unchanged.
+  inter = tmp_path / "inter.zarr"
+  assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
+               str(tmp_path / "mibi_dcis.zarr"), "--out", str(inter), "--name-map",
+               str(names), "--intersection"]) == 0
+  ia = store.read_attributes(str(inter))
+  cols = [channels.index(c) for c in ia["channels"]]
+  assert set(ia["channels"]) == shared and cols == sorted(cols)
+  assert np.all(ia["panel_present"])
+  np.testing.assert_array_equal(store.open_array(str(inter), "x0").read().result(),
+                                x[..., cols])
+  np.testing.assert_array_equal(np.asarray(ia["fov_mean"]), np.asarray(attrs["fov_mean"])[:, cols])
+  gran_idx = ia["union_of"][0]["channel_index"]  # -1: a granuloma channel not kept
+  assert sum(i >= 0 for i in gran_idx) == len(shared) and -1 in gran_idx
+  # A union model trained on per-FOV targets goes back to units with the average of the FOVs
+  # that measured each channel, not of FOVs that never did (mean 0, std 1 there).
+  mean, std = typical_fov_stats(attrs)
+  train_fovs = sorted({f for f, s in zip(attrs["sample_fov"], attrs["sample_split"]) if s == 0})
+  fm, fs = np.asarray(attrs["fov_mean"]), np.asarray(attrs["fov_std"])
+  gran_fovs = [f for f in train_fovs if f < 6]
+  c = gran_only[0]
+  assert mean[c] == pytest.approx(fm[gran_fovs, c].mean(), rel=1e-5)
+  assert std[c] == pytest.approx(fs[gran_fovs, c].mean(), rel=1e-5)
+  s = channels.index("CD3")
+  assert mean[s] == pytest.approx(fm[train_fovs, s].mean(), rel=1e-5)
   # Without the map, E-cadherin and ECAD stay two channels.
   assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
                str(tmp_path / "mibi_dcis.zarr"), "--out", str(tmp_path / "u2.zarr")]) == 0

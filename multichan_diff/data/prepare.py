@@ -111,8 +111,10 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
 
 
 def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = None,
-                  overwrite: bool = False) -> dict:
-  """Image stores with different panels -> one store over the union of their channels.
+                  intersection: bool = False, overwrite: bool = False) -> dict:
+  """Image stores with different panels -> one store over the union of their channels, or
+  with `intersection` over only the channels every panel measured (the paper's Fig. 3b
+  compares the two).
 
   Channels are matched by `panels.union` (spelling-insensitive, plus the name map). Each
   sample keeps its values on its own panel's channels, zeros elsewhere, and its panel's
@@ -132,16 +134,22 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
     if a["tile"] != attrs[0]["tile"]:
       raise ValueError(f"{s}: tile {a['tile']} differs from {stores[0]}'s {attrs[0]['tile']}")
   u = panels.union([a["channels"] for a in attrs], nmap)
+  names = u.shared if intersection else u.names
+  if not names:
+    raise ValueError(f"{', '.join(stores)}: the panels share no channel")
+  pos = {n: i for i, n in enumerate(names)}
+  # Per panel: each of its channels' place in the output (-1: dropped, not shared).
+  index = [[pos.get(u.names[k], -1) for k in idx] for idx in u.indices]
   arrays = [store.open_array(s, "x0") for s in stores]
-  stats = _union_fov_stats(stores, attrs, u.indices, len(u.names))
+  stats = _union_fov_stats(attrs, index, len(names))
   n = sum(a.shape[0] for a in arrays)
   tile = attrs[0]["tile"]
   union_attrs = {
-      "kind": "images", "channels": u.names, "tile": tile, "union_of": [
+      "kind": "images", "channels": names, "tile": tile, "union_of": [
           {"store": os.path.abspath(s), "channels": a["channels"], "fovs": a["fovs"],
            "normalizer": a["normalizer"], "channel_index": idx}
-          for s, a, idx in zip(stores, attrs, u.indices)],
-      "panel_present": u.present,
+          for s, a, idx in zip(stores, attrs, index)],
+      "panel_present": [[i in idx for i in range(len(names))] for idx in index],
       "sample_panel": [i for i, a in enumerate(arrays) for _ in range(a.shape[0])],
       "sample_split": [v for a in attrs for v in a["sample_split"]],
       "sources": [src for a in attrs for src in a["sources"]],
@@ -149,31 +157,40 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
   }
   with store.atomic_dir(out, overwrite) as tmp:
     store.create_group(tmp, union_attrs)
-    dst = store.create_array(tmp, "x0", (n, tile, tile, len(u.names)))
+    dst = store.create_array(tmp, "x0", (n, tile, tile, len(names)))
     start = 0
-    for arr, idx in zip(arrays, u.indices):
+    for arr, idx in zip(arrays, index):
+      src, to = _kept(idx)
       for lo in range(0, arr.shape[0], 256):
         block = arr[lo:min(lo + 256, arr.shape[0])].read().result()
-        full = np.zeros(block.shape[:-1] + (len(u.names),), np.float32)
-        full[..., idx] = block
+        full = np.zeros(block.shape[:-1] + (len(names),), np.float32)
+        full[..., to] = block[..., src]
         store.write_samples(dst, full, start)
         start += len(block)
-  return {"store": os.path.abspath(out), "channels": len(u.names), "shared": u.shared,
+  return {"store": os.path.abspath(out), "channels": len(names), "shared": u.shared,
           "samples": n}
 
 
-def _union_fov_stats(stores, attrs, indices, n_channels: int) -> dict:
+def _kept(index: Sequence[int]) -> tuple[list[int], list[int]]:
+  """A panel's channel places in a union store (-1: dropped) -> (its kept channels,
+  their places)."""
+  src = [j for j, k in enumerate(index) if k >= 0]
+  return src, [index[j] for j in src]
+
+
+def _union_fov_stats(attrs, index, n_channels: int) -> dict:
   """Every panel's per-FOV channel stats on the union's channels (mean 0 and std 1 where
   a panel did not measure a channel) and each sample's FOV among them, or {} when some
   store predates them."""
   if not all("fov_mean" in a and "tile_fov" in a for a in attrs):
     return {}
   mean, std, sample_fov = [], [], []
-  for a, idx in zip(attrs, indices):
+  for a, idx in zip(attrs, index):
+    src, to = _kept(idx)
     sample_fov += [len(mean) + f for f in a["tile_fov"]]
     for m, sd in zip(a["fov_mean"], a["fov_std"]):
       fm, fs = np.zeros(n_channels), np.ones(n_channels)
-      fm[idx], fs[idx] = m, sd
+      fm[to], fs[to] = np.asarray(m)[src], np.asarray(sd)[src]
       mean.append(fm.tolist())
       std.append(fs.tolist())
   return {"fov_mean": mean, "fov_std": std, "sample_fov": sample_fov}

@@ -108,12 +108,21 @@ def typical_fov_stats(attrs: dict, splits: Sequence[str] = ("train",)
 
   A model trained on per-FOV standardised targets ("fov_targets") outputs its missing
   channels in units of their FOV's mean and std, which an imputed FOV cannot know: they
-  go back to the dataset's units with these, the average of the FOVs it saw.
+  go back to the dataset's units with these, the average of the FOVs it saw. In a union
+  store each channel averages only the FOVs whose panel measured it.
   """
   fov = np.asarray(attrs.get("sample_fov", attrs.get("tile_fov")))
   seen = np.unique(fov[in_splits(attrs, splits)])
-  mean = np.asarray(attrs["fov_mean"], np.float64)[seen].mean(0)
-  std = np.asarray(attrs["fov_std"], np.float64)[seen].mean(0)
+  mean = np.asarray(attrs["fov_mean"], np.float64)[seen]
+  std = np.asarray(attrs["fov_std"], np.float64)[seen]
+  weight = np.ones_like(mean)
+  if "panel_present" in attrs:
+    panel_of = np.zeros(len(attrs["fov_mean"]), int)
+    panel_of[fov] = attrs["sample_panel"]
+    weight = np.asarray(attrs["panel_present"], np.float64)[panel_of[seen]]
+  n = np.maximum(weight.sum(0), 1.0)  # a channel no FOV measured: mean 0, std 1
+  mean = (weight * mean).sum(0) / n
+  std = np.where(weight.any(0), (weight * std).sum(0) / n, 1.0)
   return mean.astype(np.float32).tolist(), std.astype(np.float32).tolist()
 
 

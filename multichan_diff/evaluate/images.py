@@ -105,17 +105,24 @@ def _scores(pred: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -
 def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
                     panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
                     tile: int, overlap: int, context_norm: str | None = "global",
-                    seed: int = 0, progress: bool = True) -> dict:
+                    keep: list[int] | None = None, seed: int = 0,
+                    progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
-  channel_index [C_store]: each store channel's index in the model's panel (a union model
-  is scored on one of its panels). Returns {"channels", "sets", "scores": {method:
+  keep: the store channels used (observed or scored), or None for all; the rest are as if
+  never measured, for the model and the baselines alike (two models with different panels
+  compared on the channels they share). channel_index [C_kept]: each kept channel's index
+  in the model's panel (a union model is scored on one of its panels). Returns {"channels", "sets", "scores": {method:
   {metric: [S, C] with NaN where a channel was observed}}, "examples": {channel: {"fov",
   "truth", "mean", "std"}} (a central tile-sized crop of the first FOV)}.
   """
   test = read_fovs(store_path, split)
   train = [f for s in fit_splits(split) for f in _read_if_any(store_path, s)]
   channels = StoreSource(store_path, split).channels
+  if keep is not None:
+    test, train = ([dataclasses.replace(f, image=f.image[..., keep]) for f in fovs]
+                   for fovs in (test, train))
+    channels = [channels[k] for k in keep]
   sets = observed_sets(mode, channels, panel)
   baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
   key = jax.random.key(seed)

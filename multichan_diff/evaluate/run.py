@@ -14,7 +14,8 @@ from multichan_diff.train.export import read_meta
 
 
 def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
-             mode: str = "single", panel: list[str] | None = None, samples: int = 8,
+             mode: str = "single", panel: list[str] | None = None,
+             channels: list[str] | None = None, samples: int = 8,
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
@@ -38,6 +39,8 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
           "point": posterior.point, "views": posterior.views, "seed": seed,
           "members": len(dirs)}
   if kind == "cells":
+    if channels:
+      raise ValueError("--channels is for images; a cells model is scored on every protein")
     from multichan_diff.evaluate.cells import evaluate_cells
     result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)
   else:
@@ -45,14 +48,20 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
     if attrs["kind"] != "images":
       raise ValueError(f"{store_path}: a {attrs['kind']} store; this is an images model")
     nmap = panels.NameMap.read_csv(name_map) if name_map else None
-    try:  # the store's channels in the model's panel (a union model: one of its panels)
-      index = np.asarray(panels.match(attrs["channels"], meta["channels"], nmap))
+    try:  # the store's channels kept (all, or --channels)
+      keep = panels.match(channels, attrs["channels"], nmap) if channels else None
     except ValueError as e:
-      raise ValueError(f"{store_path}: its panel does not fit the model's: {e}") from e
-    chosen = panels.match(panel, attrs["channels"], nmap) if panel else None
+      raise ValueError(f"{store_path}: --channels: {e}") from e
+    names = [attrs["channels"][k] for k in keep] if keep else attrs["channels"]
+    try:  # those channels in the model's panel (a union model: one of its panels)
+      index = np.asarray(panels.match(names, meta["channels"], nmap))
+    except ValueError as e:
+      raise ValueError(f"{store_path}: its panel does not fit the model's (--channels "
+                       f"keeps a part of it): {e}") from e
+    chosen = panels.match(panel, names, nmap) if panel else None
     tile = meta["tile"]
     result = evaluate_images(posterior, store_path, split=split, mode=mode, panel=chosen,
-                             channel_index=index, model_channels=len(meta["channels"]),
+                             keep=keep, channel_index=index, model_channels=len(meta["channels"]),
                              tile=tile, overlap=tile // 4 if overlap is None else overlap,
                              context_norm=meta.get("context_norm"), seed=seed)
   with store.atomic_dir(out, overwrite) as tmp:
