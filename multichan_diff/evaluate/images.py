@@ -112,9 +112,10 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   keep: the store channels used (observed or scored), or None for all; the rest are as if
   never measured, for the model and the baselines alike (two models with different panels
   compared on the channels they share). channel_index [C_kept]: each kept channel's index
-  in the model's panel (a union model is scored on one of its panels). Returns {"channels", "sets", "scores": {method:
-  {metric: [S, C] with NaN where a channel was observed}}, "examples": {channel: {"fov",
-  "truth", "mean", "std"}} (a central tile-sized crop of the first FOV)}.
+  in the model's panel (a union model is scored on one of its panels). Returns
+  {"channels", "sets", "scores": {method: {metric: [S, C] with NaN where a channel was
+  observed}}, "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
+  tile-sized crop of the first FOV)}.
   """
   test = read_fovs(store_path, split)
   train = [f for s in fit_splits(split) for f in _read_if_any(store_path, s)]

@@ -45,18 +45,18 @@ class Ensemble:
     self.batch_size, self.steps = first.batch_size, first.steps
     self.point, self.views, self.codec = first.point, first.views, None
 
-  def _each(self, fn, key: jax.Array, *args) -> tuple[np.ndarray, np.ndarray]:
-    outs = [fn(m)(jax.random.fold_in(key, i) if i else key, *args)
+  def _each(self, method: str, key: jax.Array, *args) -> tuple[np.ndarray, np.ndarray]:
+    outs = [getattr(m, method)(jax.random.fold_in(key, i) if i else key, *args)
             for i, m in enumerate(self.members)]
     return np.concatenate([s for s, _ in outs]), np.mean([p for _, p in outs], 0)
 
   def images(self, key: jax.Array, x: np.ndarray, observed: np.ndarray, context=None):
     """As `Posterior.images`: (samples [M*K, B, H, W, C], point [B, H, W, C])."""
-    return self._each(lambda m: m.images, key, x, observed, context)
+    return self._each("images", key, x, observed, context)
 
   def cells(self, key: jax.Array, genes: np.ndarray, num_proteins: int):
     """As `Posterior.cells`: (samples [M*K, B, P], point [B, P])."""
-    return self._each(lambda m: m.cells, key, genes, num_proteins)
+    return self._each("cells", key, genes, num_proteins)
 
   def fov_context(self, image: np.ndarray, tiles) -> tuple[np.ndarray, np.ndarray]:
     return self.members[0].fov_context(image, tiles)  # pixel space: the image's own stats
