@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from multichan_diff.diffusion.schedules import get_schedule
-from multichan_diff.model import ModelConfig, build_model
+from multichan_diff.model import build_model
 from multichan_diff.train.step import make_optimizer
 from multichan_diff.train.trainer import model_config
 

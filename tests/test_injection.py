@@ -49,7 +49,7 @@ def test_injected_features_are_aligned_for_add_and_se():
   perturb_params(se)
   e1, e2 = se.encode_condition(c, obs)[0], se.encode_condition(c2, obs)[0]
   gate = se.inject[0].se.gate
-  inj1, inj2 = se.inject[0](d, e1) - d, se.inject[0](d, e2) - d
+  inj2 = se.inject[0](d, e2) - d
   expected = gate(e2) * e1  # E unchanged there, only w moved
   np.testing.assert_allclose(np.asarray(inj2)[0][out], np.asarray(expected)[0][out],
                              rtol=1e-5, atol=1e-6)

@@ -4,7 +4,6 @@
 import anndata
 import numpy as np
 import pandas as pd
-import pytest
 
 from helpers import DATA, needs_data
 from multichan_diff.cli import main

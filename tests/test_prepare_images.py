@@ -1,7 +1,6 @@
 """`prepare images` on the real MIBI folders and on the other layouts, plus bad input."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -41,7 +41,7 @@ def summarise(result: dict, kind: str) -> dict:
 
 
 def markdown(summary: dict, info: dict) -> str:
-  key, methods = summary["headline"], summary["methods"]
+  methods = summary["methods"]
   names = list(methods)
   members = info.get("members", 1)
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
@@ -54,7 +54,7 @@ def markdown(summary: dict, info: dict) -> str:
            f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}"
            + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1
               else "") + ", "
-           f"`model_1_sample` one sample"
+           "`model_1_sample` one sample"
            + ("" if info.get("point", "samples") == "samples" else
               f", `model_samples_mean` the mean of the {info['samples']} samples")
            + ". Best baseline: "
@@ -64,7 +64,7 @@ def markdown(summary: dict, info: dict) -> str:
   for m in names:
     vals = [methods[m]["mean"][h] for h in heads]
     lines.append(f"| {m} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
-  lines += ["", f"Per channel, Pearson r (mean over the evaluated sets in which the channel "
+  lines += ["", "Per channel, Pearson r (mean over the evaluated sets in which the channel "
             "was missing):", "", "| channel | " + " | ".join(names) + " |",
             "|---" * (len(names) + 1) + "|"]
   for ch in summary["methods"][names[0]]["per_channel"]:
