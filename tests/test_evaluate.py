@@ -42,6 +42,16 @@ def test_summary_pools_every_scored_pair_and_skips_nan():
   assert s["methods"]["model"]["mean"]["pearson"] == pytest.approx(0.5)
   assert s["methods"]["ridge"]["per_channel"]["c"]["pearson"] is None
   assert s["best_baseline"] == "most_correlated"
+  assert "uncertainty" not in s
+  result["uncertainty"] = {"draws": 3, "below": np.array([[0.1, nan, nan], [nan, 0.3, 0.2]]),
+                           "above": np.array([[0.2, nan, nan], [nan, 0.2, 0.2]]),
+                           "std_error_spearman": np.array([[nan, nan, nan], [nan, 0.1, 0.3]])}
+  u = summarise(result, "images")["uncertainty"]
+  assert u["draws"] == 3 and u["calibrated_tail"] == pytest.approx(0.25)
+  assert u["mean"]["below"] == pytest.approx(0.2) and u["mean"]["above"] == pytest.approx(0.2)
+  assert u["per_channel"]["a"]["std_error_spearman"] is None
+  assert u["per_channel"]["c"] == pytest.approx({"below": 0.2, "above": 0.2,
+                                                 "std_error_spearman": 0.3})
 
 
 @needs_data
@@ -76,6 +86,12 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
     assert (out / name).stat().st_size > 0
   assert "| CD3 |" in (out / "report.md").read_text()
   assert report["views"] == 2 and "2 orientations" in (out / "report.md").read_text()
+  unc = report["uncertainty"]  # calibration of the 2 draws, on the scored channels only
+  assert unc["draws"] == 2 and unc["calibrated_tail"] == pytest.approx(1 / 3)
+  assert unc["per_channel"]["CD45"]["below"] is None
+  assert 0 <= unc["per_channel"]["CD3"]["below"] <= 1
+  assert 0 < unc["mean"]["below"] + unc["mean"]["above"] <= 1
+  assert "from the model's 2 draws per entry" in (out / "report.md").read_text()
   # A channel the store does not have, and a model/store mismatch, are clear errors.
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
                "--panel", "CD999", "--out", str(tmp_path / "r2")]) == 2
@@ -108,6 +124,10 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   assert 0 < krr["r_p"] < 1 and 0 < krr["r_c"] <= 1
   assert len(report["methods"]["model"]["per_channel"]) == 29
   assert (out / "cells.png").stat().st_size > 0 and (out / "per_channel.png").stat().st_size > 0
+  unc = report["uncertainty"]
+  assert unc["draws"] == 2 and len(unc["per_channel"]) == 29
+  assert 0 < unc["mean"]["below"] + unc["mean"]["above"] <= 1
+  assert -1 <= unc["mean"]["std_error_spearman"] <= 1
   # Orientations are for images, and a cells model says so, leaving nothing behind.
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
                str(tmp_path / "r2"), "--samples", "2", "--views", "2"]) == 2
@@ -125,6 +145,7 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   ens = json.loads((tmp_path / "ens" / "report.json").read_text())
   assert ens["model"] == f"{model},{twin}" and ens["members"] == 2
   assert 0 < ens["methods"]["model"]["mean"]["r_c"] <= 1
+  assert ens["uncertainty"]["draws"] == 4  # every member's draws
   # A member with another protein panel is refused, naming both folders and the key.
   meta = json.loads((twin / "model.json").read_text())
   (twin / "model.json").write_text(json.dumps({**meta, "channels": meta["channels"][::-1]}))

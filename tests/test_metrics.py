@@ -70,3 +70,37 @@ def test_r_p_and_r_c_by_hand_with_nonfinite_as_zero():
   assert metrics.r_c(pred, true) == pytest.approx(want_c)
   with pytest.raises(ValueError, match=r"\[N, P\]"):
     metrics.r_p(pred[None], true[None])
+
+
+def test_range_tails_by_hand():
+  lo = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+  hi = lo + 1.0
+  true = np.array([[-1.0, 1.5], [0.5, 3.0], [2.0, 1.0]])  # on a bound counts as inside
+  below, above = metrics.range_tails(lo, hi, true)
+  np.testing.assert_allclose(below, [1 / 3, 0.0])
+  np.testing.assert_allclose(above, [1 / 3, 1 / 3])
+  mask = np.array([True, True, False])
+  np.testing.assert_allclose(metrics.range_tails(lo, hi, true, mask)[0], [0.5, 0.0])
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_uncertainty_tells_calibrated_from_narrow_draws(k):
+  """Truth exchangeable with the draws puts 1/(K+1) in each tail; draws half as wide as
+  the posterior put far more; a std that tracks the noise ranks the errors."""
+  rng = np.random.default_rng(4)
+  n = 20000
+  centre = rng.standard_normal((n, 2))
+  scale = np.exp(rng.standard_normal((n, 2)))  # heteroscedastic: some entries far noisier
+  true = centre + scale * rng.standard_normal((n, 2))
+  draws = centre + scale * rng.standard_normal((k, n, 2))
+  got = metrics.uncertainty(draws.min(0), draws.max(0), draws.std(0), centre, true)
+  tail = metrics.calibrated_tail(k)
+  np.testing.assert_allclose(got["below"], tail, atol=0.015)
+  np.testing.assert_allclose(got["above"], tail, atol=0.015)
+  assert (got["std_error_spearman"] > 0.2).all()
+  narrow = centre + 0.5 * (draws - centre)
+  got = metrics.uncertainty(narrow.min(0), narrow.max(0), narrow.std(0), centre, true)
+  assert (got["below"] > tail + 0.05).all() and (got["above"] > tail + 0.05).all()
+  # A std unrelated to the errors ranks nothing.
+  flat = metrics.uncertainty(draws.min(0), draws.max(0), rng.random((n, 2)), centre, true)
+  assert (np.abs(flat["std_error_spearman"]) < 0.05).all()

@@ -36,7 +36,8 @@ def _source_cells(attrs: dict, path: str):
 def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: str,
                    seed: int = 0, baselines: bool = True, progress: bool = True) -> dict:
   """-> {"channels", "truth" [N, P], "preds": {method: [N, P]}, "scores": {method: {"r_p",
-  "r_c", "pearson" [P], "spearman" [P], "rmse" [P]}}} on the split's cells (CLR units)."""
+  "r_c", "pearson" [P], "spearman" [P], "rmse" [P]}}, "uncertainty": {"draws": K, metric:
+  [1, P]}} on the split's cells (CLR units)."""
   attrs = store.read_attributes(store_path)
   if attrs["kind"] != "cells":
     raise ValueError(f"{store_path}: a {attrs['kind']} store; this is a cells model")
@@ -61,5 +62,6 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
   scores = {name: {"r_p": metrics.r_p(p, truth), "r_c": metrics.r_c(p, truth),
                    "pearson": metrics.pearson(p, truth), "spearman": metrics.spearman(p, truth),
                    "rmse": metrics.rmse(p, truth)} for name, p in preds.items()}
+  unc = metrics.uncertainty(draws.min(0), draws.max(0), draws.std(0), preds["model"], truth)
   return {"channels": meta["channels"], "truth": truth, "preds": preds, "scores": scores,
-          "std": draws.std(0)}
+          "uncertainty": {"draws": len(draws), **{k: v[None] for k, v in unc.items()}}}

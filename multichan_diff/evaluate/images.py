@@ -94,12 +94,23 @@ def observed_sets(mode: str, channels: list[str], panel: list[int] | None = None
   raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
 
 
+def _pool(images: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -> np.ndarray:
+  """Per-FOV [H, W, C] -> [N, C_missing]: the covered pixels of all FOVs, missing channels."""
+  return np.concatenate([x[f.covered][:, missing] for x, f in zip(images, fovs)])
+
+
 def _scores(pred: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -> dict:
   """Per missing channel Pearson, Spearman, RMSE over the covered pixels of all FOVs."""
-  p = np.concatenate([x[f.covered][:, missing] for x, f in zip(pred, fovs)])
-  t = np.concatenate([f.image[f.covered][:, missing] for f in fovs])
+  p, t = _pool(pred, fovs, missing), _pool([f.image for f in fovs], fovs, missing)
   return {"pearson": metrics.pearson(p, t), "spearman": metrics.spearman(p, t),
           "rmse": metrics.rmse(p, t)}
+
+
+def _row(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+  """Scores of the missing channels -> [C] with NaN where observed."""
+  row = np.full(len(missing), np.nan)
+  row[missing] = values
+  return row
 
 
 def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
@@ -114,7 +125,8 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   compared on the channels they share). channel_index [C_kept]: each kept channel's index
   in the model's panel (a union model is scored on one of its panels). Returns
   {"channels", "sets", "scores": {method: {metric: [S, C] with NaN where a channel was
-  observed}}, "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
+  observed}}, "uncertainty": {"draws": K, metric: [S, C]} (`metrics.uncertainty` of the
+  posterior's draws), "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
   tile-sized crop of the first FOV)}.
   """
   test = read_fovs(store_path, split)
@@ -128,10 +140,11 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
   key = jax.random.key(seed)
   scores: dict[str, dict[str, list[np.ndarray]]] = {}
+  uncertainty: dict[str, list[np.ndarray]] = {}
   examples: dict[str, dict] = {}
   for s, observed in enumerate(sets):
     missing = ~observed
-    mean, samples_mean, single = [], [], []
+    mean, samples_mean, single, lo, hi, std = [], [], [], [], [], []
     for i, f in enumerate(test):
       draws, point = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
                            overlap, jax.random.fold_in(key, s * 1000 + i), context_norm,
@@ -139,24 +152,29 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
       mean.append(point)
       samples_mean.append(draws.mean(0))
       single.append(draws[0])
+      lo.append(draws.min(0))
+      hi.append(draws.max(0))
+      std.append(draws.std(0))
       if i == 0:  # a crop of the first FOV for each channel, from the first set missing it
         y0, x0 = (max((n - tile) // 2, 0) for n in f.image.shape[:2])
         crop = lambda a: a[..., y0:y0 + tile, x0:x0 + tile, :]
-        std = crop(draws.std(0))
         for c in np.flatnonzero(missing):
           examples.setdefault(channels[c], {
               "fov": f.name, "truth": crop(f.image)[..., c], "mean": crop(mean[-1])[..., c],
-              "std": std[..., c]})
+              "std": crop(std[-1])[..., c]})
     preds = {"model": mean, **sample_rows(posterior, samples_mean, single),
              **baselines.predict(observed)}
     for name, pred in preds.items():
-      got = _scores(pred, test, missing)
-      for metric, values in got.items():
-        row = np.full(len(channels), np.nan)
-        row[missing] = values
-        scores.setdefault(name, {}).setdefault(metric, []).append(row)
+      for metric, values in _scores(pred, test, missing).items():
+        scores.setdefault(name, {}).setdefault(metric, []).append(_row(values, missing))
+    unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)),
+                              _pool([f.image for f in test], test, missing))
+    for metric, values in unc.items():
+      uncertainty.setdefault(metric, []).append(_row(values, missing))
   return {"channels": channels, "sets": [s.tolist() for s in sets],
           "scores": {m: {k: np.stack(v) for k, v in d.items()} for m, d in scores.items()},
+          "uncertainty": {"draws": draws.shape[0],
+                          **{k: np.stack(v) for k, v in uncertainty.items()}},
           "examples": examples}
 
 

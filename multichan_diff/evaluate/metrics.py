@@ -3,7 +3,8 @@
 Images: per-channel scores over all pixels (arrays [..., C], optional pixel mask [...]);
 a channel constant on either side has no correlation and gives NaN, which `nanmean_skip`
 leaves out of the mean. Cells: r_p and r_c as the openproblems correlation metric, where a
-non-finite correlation counts as 0.
+non-finite correlation counts as 0. Uncertainty: whether the truth falls among the
+posterior draws as often as a draw would, and whether the draws' spread ranks the errors.
 """
 
 from __future__ import annotations
@@ -57,6 +58,31 @@ def rmse(pred, true, mask=None) -> np.ndarray:
   """[..., C] x [..., C] -> [C] root mean squared error per channel (in the inputs' units)."""
   p, t = _pixels(pred, true, mask)
   return np.sqrt(((p - t) ** 2).mean(0))
+
+
+def range_tails(lo, hi, true, mask=None) -> tuple[np.ndarray, np.ndarray]:
+  """The K draws' per-entry minimum lo and maximum hi [..., C] x true [..., C] -> ([C],
+  [C]) fractions of entries below every draw and above every draw. Were the truth one more
+  draw from the same posterior, its rank among the K + 1 would be uniform: each tail
+  1 / (K + 1) (`calibrated_tail`). Wider tails: the draws are too narrow, or biased."""
+  lo, t = _pixels(lo, true, mask)
+  hi, _ = _pixels(hi, true, mask)
+  return (t < lo).mean(0), (t > hi).mean(0)
+
+
+def calibrated_tail(k: int) -> float:
+  """Each tail's fraction for a calibrated posterior with k draws."""
+  return 1.0 / (k + 1)
+
+
+def uncertainty(lo, hi, std, point, true, mask=None) -> dict[str, np.ndarray]:
+  """The draws' minimum, maximum and std, the point estimate and the truth, all [..., C] ->
+  per channel "below" and "above" (`range_tails`) and "std_error_spearman": Spearman rho of
+  the std against the point estimate's absolute error, above 0 when the uncertainty says
+  where the errors are."""
+  below, above = range_tails(lo, hi, true, mask)
+  err = np.abs(np.asarray(point, np.float64) - np.asarray(true, np.float64))
+  return {"below": below, "above": above, "std_error_spearman": spearman(std, err, mask)}
 
 
 def nanmean_skip(values) -> float:

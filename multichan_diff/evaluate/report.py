@@ -20,24 +20,57 @@ def _num(v) -> float | None:
   return v if np.isfinite(v) else None
 
 
+def _per_channel(per: dict[str, np.ndarray], channels: list[str]) -> dict:
+  return {ch: {k: _num(per[k][i]) for k in per} for i, ch in enumerate(channels)}
+
+
+def _pooled(rows: dict[str, np.ndarray], channels: list[str]) -> dict:
+  """{metric: [S, C] with NaN where observed or undefined} -> the mean over every scored
+  (set, channel) pair, and per channel the mean over the sets that scored it."""
+  mean = {k: _num(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in rows.items()}
+  with warnings.catch_warnings():  # a channel never scored has an empty mean: NaN
+    warnings.simplefilter("ignore", RuntimeWarning)
+    per = {k: np.nanmean(v, 0) for k, v in rows.items()}
+  return {"mean": mean, "per_channel": _per_channel(per, channels)}
+
+
 def summarise(result: dict, kind: str) -> dict:
-  """Per method: the headline means and per-channel figures, as plain JSON values."""
+  """Per method: the headline means and per-channel figures, as plain JSON values; and,
+  when the result has it, the calibration of the model's draws."""
   methods = {}
   for name, sc in result["scores"].items():
     if kind == "cells":
-      mean = {"r_p": _num(sc["r_p"]), "r_c": _num(sc["r_c"])}
-      per = {k: sc[k] for k in ("pearson", "spearman", "rmse")}
-    else:  # [S, C] with NaN where observed or constant: pool every scored (set, channel)
-      mean = {k: _num(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in sc.items()}
-      with warnings.catch_warnings():  # a channel never scored has an empty mean: NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per = {k: np.nanmean(v, 0) for k, v in sc.items()}
-    methods[name] = {"mean": mean, "per_channel": {
-        ch: {k: _num(per[k][i]) for k in per} for i, ch in enumerate(result["channels"])}}
+      methods[name] = {"mean": {"r_p": _num(sc["r_p"]), "r_c": _num(sc["r_c"])},
+                       "per_channel": _per_channel(
+                           {k: sc[k] for k in ("pearson", "spearman", "rmse")},
+                           result["channels"])}
+    else:
+      methods[name] = _pooled(sc, result["channels"])
   key = "r_p" if kind == "cells" else "pearson"
   baselines = [m for m in methods if m not in BASELINE_EXCLUDE]
   best = max(baselines, key=lambda m: methods[m]["mean"][key] or -np.inf) if baselines else None
-  return {"methods": methods, "headline": key, "best_baseline": best}
+  summary = {"methods": methods, "headline": key, "best_baseline": best}
+  if "uncertainty" in result:
+    unc = dict(result["uncertainty"])
+    k = unc.pop("draws")
+    summary["uncertainty"] = {"draws": k, "calibrated_tail": 1.0 / (k + 1),
+                              **_pooled(unc, result["channels"])}
+  return summary
+
+
+def _uncertainty_lines(unc: dict) -> list[str]:
+  """The calibration paragraph of report.md."""
+  m = unc["mean"]
+  if m["below"] is None:
+    return []
+  rho = m["std_error_spearman"]
+  return ["", f"Uncertainty, from the model's {unc['draws']} draws per entry: the measured "
+          f"value fell below every draw in {m['below']:.3f} of the scored entries and above "
+          f"every draw in {m['above']:.3f}; a calibrated posterior puts "
+          f"{unc['calibrated_tail']:.3f} in each (wider tails: the draws are too narrow or "
+          "biased). Spearman rho of the draws' std against the absolute error of `model`: "
+          + ("undefined (the draws do not vary)" if rho is None else f"{rho:.3f}")
+          + " (above 0: the std points at the errors)."]
 
 
 def markdown(summary: dict, info: dict) -> str:
@@ -58,7 +91,10 @@ def markdown(summary: dict, info: dict) -> str:
            + ("" if info.get("point", "samples") == "samples" else
               f", `model_samples_mean` the mean of the {info['samples']} samples")
            + ". Best baseline: "
-           f"`{summary['best_baseline']}`.", ""]
+           f"`{summary['best_baseline']}`."]
+  if "uncertainty" in summary:
+    lines += _uncertainty_lines(summary["uncertainty"])
+  lines.append("")
   heads = list(next(iter(methods.values()))["mean"])
   lines += ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
   for m in names:
