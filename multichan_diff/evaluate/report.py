@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 
+from multichan_diff.evaluate.metrics import calibrated_tail
+
 BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
 POINT_WORDS = {"denoiser": "the network's x0 estimate from pure noise averaged over {k} draws",
                "samples": "the mean of {k} samples"}
@@ -53,7 +55,7 @@ def summarise(result: dict, kind: str) -> dict:
   if "uncertainty" in result:
     unc = dict(result["uncertainty"])
     k = unc.pop("draws")
-    summary["uncertainty"] = {"draws": k, "calibrated_tail": 1.0 / (k + 1),
+    summary["uncertainty"] = {"draws": k, "calibrated_tail": calibrated_tail(k),
                               **_pooled(unc, result["channels"])}
   return summary
 
