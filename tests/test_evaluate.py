@@ -45,13 +45,17 @@ def test_summary_pools_every_scored_pair_and_skips_nan():
   assert "uncertainty" not in s
   result["uncertainty"] = {"draws": 3, "below": np.array([[0.1, nan, nan], [nan, 0.3, 0.2]]),
                            "above": np.array([[0.2, nan, nan], [nan, 0.2, 0.2]]),
-                           "std_error_spearman": np.array([[nan, nan, nan], [nan, 0.1, 0.3]])}
+                           "std_error_spearman": np.array([[nan, nan, nan], [nan, 0.1, 0.3]]),
+                           "relative_std": np.array([[0.9, nan, nan], [nan, 0.95, 0.5]])}
   u = summarise(result, "images")["uncertainty"]
   assert u["draws"] == 3 and u["calibrated_tail"] == pytest.approx(0.25)
   assert u["mean"]["below"] == pytest.approx(0.2) and u["mean"]["above"] == pytest.approx(0.2)
   assert u["per_channel"]["a"]["std_error_spearman"] is None
   assert u["per_channel"]["c"] == pytest.approx({"below": 0.2, "above": 0.2,
-                                                 "std_error_spearman": 0.3})
+                                                 "std_error_spearman": 0.3,
+                                                 "relative_std": 0.5})
+  # Across channels the model's r is 0.5, 0.2, 0.8 and the spread 0.9, 0.95, 0.5.
+  assert u["channels_spearman"] == pytest.approx(-1.0)  # ranks 2, 1, 3 against 2, 3, 1
 
 
 @needs_data

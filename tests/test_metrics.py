@@ -101,6 +101,12 @@ def test_uncertainty_tells_calibrated_from_narrow_draws(k):
   narrow = centre + 0.5 * (draws - centre)
   got = metrics.uncertainty(narrow.min(0), narrow.max(0), narrow.std(0), centre, true)
   assert (got["below"] > tail + 0.05).all() and (got["above"] > tail + 0.05).all()
+  # The spread relative to the measured values': by hand, and undefined for a constant one.
+  std = rng.random((n, 2))
+  const = true.copy()
+  const[:, 1] = 3.0
+  rel = metrics.uncertainty(draws.min(0), draws.max(0), std, centre, const)["relative_std"]
+  assert rel[0] == pytest.approx(std[:, 0].mean() / true[:, 0].std()) and np.isnan(rel[1])
   # A std unrelated to the errors ranks nothing.
   flat = metrics.uncertainty(draws.min(0), draws.max(0), rng.random((n, 2)), centre, true)
   assert (np.abs(flat["std_error_spearman"]) < 0.05).all()

@@ -77,12 +77,17 @@ def calibrated_tail(k: int) -> float:
 
 def uncertainty(lo, hi, std, point, true, mask=None) -> dict[str, np.ndarray]:
   """The draws' minimum, maximum and std, the point estimate and the truth, all [..., C] ->
-  per channel "below" and "above" (`range_tails`) and "std_error_spearman": Spearman rho of
+  per channel "below" and "above" (`range_tails`); "std_error_spearman", Spearman rho of
   the std against the point estimate's absolute error, above 0 when the uncertainty says
-  where the errors are."""
+  where the errors are; and "relative_std", the mean std over the measured values' std (a
+  calibrated posterior's is about sqrt(1 - r^2): wider draws where less is predictable)."""
   below, above = range_tails(lo, hi, true, mask)
   err = np.abs(np.asarray(point, np.float64) - np.asarray(true, np.float64))
-  return {"below": below, "above": above, "std_error_spearman": spearman(std, err, mask)}
+  s, t = _pixels(std, true, mask)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    relative = s.mean(0) / t.std(0)
+  return {"below": below, "above": above, "std_error_spearman": spearman(std, err, mask),
+          "relative_std": np.where(np.isfinite(relative), relative, np.nan)}
 
 
 def nanmean_skip(values) -> float:

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from multichan_diff.evaluate.metrics import calibrated_tail
+from multichan_diff.evaluate import metrics
 
 BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
 POINT_WORDS = {"denoiser": "the network's x0 estimate from pure noise averaged over {k} draws",
@@ -55,9 +55,22 @@ def summarise(result: dict, kind: str) -> dict:
   if "uncertainty" in result:
     unc = dict(result["uncertainty"])
     k = unc.pop("draws")
-    summary["uncertainty"] = {"draws": k, "calibrated_tail": calibrated_tail(k),
+    summary["uncertainty"] = {"draws": k, "calibrated_tail": metrics.calibrated_tail(k),
                               **_pooled(unc, result["channels"])}
+    summary["uncertainty"]["channels_spearman"] = _channels_spearman(summary)
   return summary
+
+
+def _channels_spearman(summary: dict) -> float | None:
+  """Spearman rho, across the scored channels, of the draws' relative spread against the
+  model's Pearson r: below 0 when the spread says which channels to trust less."""
+  per_u = summary["uncertainty"]["per_channel"]
+  per_r = summary["methods"]["model"]["per_channel"]
+  pairs = [(per_u[c]["relative_std"], per_r[c]["pearson"]) for c in per_u]
+  pairs = np.array([p for p in pairs if None not in p], np.float64).reshape(-1, 2)
+  if len(pairs) < 3:
+    return None
+  return _num(metrics.spearman(pairs[:, :1], pairs[:, 1:])[0])
 
 
 def _uncertainty_lines(unc: dict) -> list[str]:
@@ -72,7 +85,12 @@ def _uncertainty_lines(unc: dict) -> list[str]:
           f"{unc['calibrated_tail']:.3f} in each (wider tails: the draws are too narrow or "
           "biased). Spearman rho of the draws' std against the absolute error of `model`: "
           + ("undefined (the draws do not vary)" if rho is None else f"{rho:.3f}")
-          + " (above 0: the std points at the errors)."]
+          + " (above 0: the std points at the errors)."
+          + ("" if unc["channels_spearman"] is None else
+             " Across channels, Spearman rho of the draws' mean std (over the measured "
+             f"values' std, {m['relative_std']:.3f} on average) against the channel's "
+             f"Pearson r: {unc['channels_spearman']:.3f} (below 0: wider draws where the "
+             "channel is imputed worse).")]
 
 
 def markdown(summary: dict, info: dict) -> str:
