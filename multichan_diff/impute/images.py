@@ -72,6 +72,10 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   if bar:
     bar.close()
   out = blend.result()[:, :h, :w]
+  if posterior.x0_range is not None:
+    # The chains end inside the data's bounds (no counts: the floor exactly); rounding in the
+    # per-FOV back-transform and in the blending must not move them off it.
+    np.clip(out, *posterior.x0_range, out=out)
   out[..., observed] = image[..., observed]  # exact, not blended
   return out[:-1], out[-1]
 

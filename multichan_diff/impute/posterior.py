@@ -151,7 +151,7 @@ class Posterior:
     self._encode_jit = jax.jit(encode) if codec is not None else None
     self._encoded: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
     self._decode = jax.jit(decode) if codec is not None else None
-    self._x0_range = x0_range
+    self.x0_range = x0_range
 
   def _encode(self, x: np.ndarray) -> np.ndarray:
     """Latents of a padded tile batch, remembered by content (the last 64 batches): the
@@ -202,8 +202,8 @@ class Posterior:
       b = len(x)  # a tile batch per call: one shape, and the memory of one batch
       dec = np.concatenate([np.asarray(self._decode(self._state, z[i:i + b], feat))
                             for i in range(0, len(z), b)])[..., :n]
-      if self._x0_range is not None:  # the data's bounds, in pixels
-        lo, hi = (np.asarray(a)[missing] for a in self._x0_range)
+      if self.x0_range is not None:  # the data's bounds, in pixels
+        lo, hi = (np.asarray(a)[missing] for a in self.x0_range)
         dec = np.clip(dec, lo, hi)
       samples[..., missing] = dec[:kb].reshape(samples.shape[:-1] + (n,))
     obs = observed[:, None, None, :]
