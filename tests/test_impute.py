@@ -218,9 +218,8 @@ def test_samples_stay_in_the_data_range():
 
 
 def test_blended_images_stay_exactly_in_the_data_range():
-  # Per-FOV units and overlapping tiles: the back-transform and the blending round, and a
-  # value clipped to the floor must still be the floor exactly (a measured zero count ties
-  # with it, for the calibration in `evaluate`).
+  # Per-FOV units and overlapping tiles: the back-transform and the blending round, and
+  # must not carry a value clipped to the floor below it.
   cfg, model = tiny_model(2)
   perturb_params(model, scale=1.0)
   lo, hi = np.array([-0.3, -0.7], np.float32), np.array([0.4, 1.3], np.float32)

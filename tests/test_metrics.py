@@ -81,6 +81,10 @@ def test_range_tails_by_hand():
   np.testing.assert_allclose(above, [1 / 3, 1 / 3])
   mask = np.array([True, True, False])
   np.testing.assert_allclose(metrics.range_tails(lo, hi, true, mask)[0], [0.5, 0.0])
+  # A draw a rounding step off the measured value ties with it.
+  below, above = metrics.range_tails(lo + 3e-8, hi - 3e-8, np.stack([lo[0], hi[1], lo[2]]))
+  np.testing.assert_array_equal(below + above, [0.0, 0.0])
+  assert metrics.range_tails(lo + 1e-3, hi, lo)[0].tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("k", [2, 8])

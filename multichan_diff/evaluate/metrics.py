@@ -60,14 +60,21 @@ def rmse(pred, true, mask=None) -> np.ndarray:
   return np.sqrt(((p - t) ** 2).mean(0))
 
 
-def range_tails(lo, hi, true, mask=None) -> tuple[np.ndarray, np.ndarray]:
+# Ties within this distance (in the data's units) are ties: a draw at the data's floor comes
+# back from the per-FOV back-transform and the tile blending a few 1e-8 off it.
+TIE_ATOL = 1e-5
+
+
+def range_tails(lo, hi, true, mask=None,
+                atol: float = TIE_ATOL) -> tuple[np.ndarray, np.ndarray]:
   """The K draws' per-entry minimum lo and maximum hi [..., C] x true [..., C] -> ([C],
-  [C]) fractions of entries below every draw and above every draw. Were the truth one more
-  draw from the same posterior, its rank among the K + 1 would be uniform: each tail
-  1 / (K + 1) (`calibrated_tail`). Wider tails: the draws are too narrow, or biased."""
+  [C]) fractions of entries below every draw and above every draw (by more than atol).
+  Were the truth one more draw from the same posterior, its rank among the K + 1 would be
+  uniform: each tail 1 / (K + 1) (`calibrated_tail`). Wider tails: the draws are too
+  narrow, or biased."""
   lo, t = _pixels(lo, true, mask)
   hi, _ = _pixels(hi, true, mask)
-  return (t < lo).mean(0), (t > hi).mean(0)
+  return (t < lo - atol).mean(0), (t > hi + atol).mean(0)
 
 
 def calibrated_tail(k: int) -> float:

@@ -73,8 +73,8 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
     bar.close()
   out = blend.result()[:, :h, :w]
   if posterior.x0_range is not None:
-    # The chains end inside the data's bounds (no counts: the floor exactly); rounding in the
-    # per-FOV back-transform and in the blending must not move them off it.
+    # The chains end inside the data's bounds; rounding in the per-FOV back-transform and
+    # in the blending must not carry a value below the floor (fewer than no counts).
     np.clip(out, *posterior.x0_range, out=out)
   out[..., observed] = image[..., observed]  # exact, not blended
   return out[:-1], out[-1]
