@@ -99,9 +99,11 @@ def _pool(images: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -
   return np.concatenate([x[f.covered][:, missing] for x, f in zip(images, fovs)])
 
 
-def _scores(pred: list[np.ndarray], fovs: list[FOVImage], missing: np.ndarray) -> dict:
-  """Per missing channel Pearson, Spearman, RMSE over the covered pixels of all FOVs."""
-  p, t = _pool(pred, fovs, missing), _pool([f.image for f in fovs], fovs, missing)
+def _scores(pred: list[np.ndarray], t: np.ndarray, fovs: list[FOVImage],
+            missing: np.ndarray) -> dict:
+  """Per missing channel Pearson, Spearman, RMSE over the covered pixels of all FOVs
+  (t: the truth there, `_pool`ed)."""
+  p = _pool(pred, fovs, missing)
   return {"pearson": metrics.pearson(p, t), "spearman": metrics.spearman(p, t),
           "rmse": metrics.rmse(p, t)}
 
@@ -164,11 +166,11 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
               "std": crop(std[-1])[..., c]})
     preds = {"model": mean, **sample_rows(posterior, samples_mean, single),
              **baselines.predict(observed)}
+    truth = _pool([f.image for f in test], test, missing)  # once per set, for every method
     for name, pred in preds.items():
-      for metric, values in _scores(pred, test, missing).items():
+      for metric, values in _scores(pred, truth, test, missing).items():
         scores.setdefault(name, {}).setdefault(metric, []).append(_row(values, missing))
-    unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)),
-                              _pool([f.image for f in test], test, missing))
+    unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)), truth)
     for metric, values in unc.items():
       uncertainty.setdefault(metric, []).append(_row(values, missing))
   return {"channels": channels, "sets": [s.tolist() for s in sets],
