@@ -18,7 +18,8 @@ def get_config(arg=None):
   config.model.update(spatial=False, patch_size=1, widths=(512, 512, 512),
                       blocks_per_level=(1, 1, 1), attention_levels=None)
   config.train.update(batch_size=256, steps=20_000)
-  # SiD, chosen on the validation cells (README): lr 1e-4 for both networks, 200 steps.
+  # SiD, chosen on the validation cells (README): lr 1e-4 for both networks, 200 steps,
+  # t_init 250 (the default).
   config.distill.update(fake_learning_rate=1e-4)
   config.distill.optim.update(learning_rate=1e-4)
   config.distill.train.update(steps=200, eval_every=100, checkpoint_every=100)

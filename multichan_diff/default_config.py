@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill = ml_collections.ConfigDict(dict(
       teacher="",                 # set by `distill --model`
       alpha=0.5,                  # the recipe: 0.5 for regression-like tasks (1.0, 1.2)
-      t_init=625,                 # the generator's fixed timestep, from pure noise
+      t_init=250,                 # the generator's fixed timestep, from pure noise (README)
       t_range=(20, 980),          # t of the fake network's and the generator's losses
       fake_learning_rate=1e-5,    # the fake score network's (the generator's is optim's)
       train=dict(steps=2000, eval_every=500, checkpoint_every=500),

@@ -3,9 +3,11 @@ generator: the pure losses and the alternating train step.
 
 Three networks of the teacher's architecture: the frozen teacher f_phi, a fake score network
 f_psi and the generator G, both initialised from the teacher. G(z, c) is the network's x0
-estimate at one fixed large t_init from pure noise z (`samplers.onestep_sample`, so
-imputation runs exactly what was trained); the condition (observed channels and mask, or
-genes) goes to all three. Each step:
+estimate at one fixed t_init from pure noise z (`samplers.onestep_sample`, so imputation
+runs exactly what was trained); the condition (observed channels and mask, or genes) goes
+to all three. t_init is 250, not the recipe's 625: there the estimate from pure noise
+barely depends on z, and G stays a point estimator whose draws hardly vary (README). Each
+step:
   1. f_psi takes one step of the diffusion loss on G's current samples (t in t_range);
   2. G takes one step of, with x_t the noised x_g and y = x0 estimates at x_t,
        (y_real - y_fake) * ((y_real - x_g) - alpha * (y_real - y_fake)) / w,
@@ -33,7 +35,7 @@ from multichan_diff.train.step import ema_warmup
 @dataclasses.dataclass(frozen=True)
 class SiDConfig:
   alpha: float = 0.5                      # the recipe: 0.5 for regression-like tasks
-  t_init: int = 625                       # G's fixed timestep
+  t_init: int = 250                       # G's fixed timestep (see the module doc)
   t_range: tuple[int, int] = (20, 980)    # t of both losses
   prediction: str = "eps"                 # what the teacher outputs
   loss_on: str = "all"                    # the fake network's diffusion loss
