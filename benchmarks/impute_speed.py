@@ -39,8 +39,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "onestep": "one-step"}
-# A SiD generator has the teacher's architecture, so a random teacher times it too.
-T_INIT = 625
+# A SiD generator has the teacher's architecture, so a random teacher times it too (its
+# cost does not depend on t_init).
+T_INIT = 250
 
 
 def load_config(path: str | None):

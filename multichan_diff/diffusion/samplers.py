@@ -104,7 +104,7 @@ def ddim_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *, 
 
 
 def onestep_sample(schedule: Schedule, denoise: Denoise, key: jax.Array, shape, *,
-                   steps: int = 1, t_init: int = 250, x_known: jax.Array | None = None,
+                   t_init: int, steps: int = 1, x_known: jax.Array | None = None,
                    known: jax.Array | None = None, x0_range=None) -> jax.Array:
   """A distilled one-step generator (SiD): x0 = G(z), the network's x0 estimate at t_init
   from pure noise z (known channels at their t_init-noised values). `steps` must be 1."""
