@@ -39,9 +39,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "onestep": "one-step"}
-# A SiD generator has the teacher's architecture, so a random teacher times it too (its
-# cost does not depend on t_init).
-T_INIT = 250
 
 
 def load_config(path: str | None):
@@ -111,8 +108,8 @@ def project(per_call: float, per_call_1step: float | None, calls: int, steps_run
   return per_call * calls * steps / steps_run, "upper bound"
 
 
-def time_images(model, codec, schedule, args, sampler: str, steps: int,
-                steps_run: int) -> dict:
+def time_images(model, codec, schedule, args, sampler: str, steps: int, steps_run: int,
+                t_init: int | None) -> dict:
   import jax
   from multichan_diff.impute import tiling
   from multichan_diff.impute.images import sample_image
@@ -131,7 +128,7 @@ def time_images(model, codec, schedule, args, sampler: str, steps: int,
     """(warm-up s, timed s over n calls) for a posterior running `run_steps` steps."""
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
                      num_samples=args.samples, batch_size=b, x0_range=None, point=args.point,
-                     codec=codec, t_init=T_INIT if sampler == "onestep" else None)
+                     codec=codec, t_init=t_init)
     t0 = time.perf_counter()
     # Compiles. Other pixels: a latent Posterior remembers the latents of tiles it encoded.
     tile_loop(post, padded + 1.0, starts, observed, tile, 1, key, blender())
@@ -155,7 +152,8 @@ def time_images(model, codec, schedule, args, sampler: str, steps: int,
           "unit": "s / FOV", "measured": n == calls and steps_run == steps, "how": how}
 
 
-def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int) -> dict:
+def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int,
+               t_init: int | None) -> dict:
   import jax
   from multichan_diff.impute.cells import sample_cells
   from multichan_diff.impute.posterior import Posterior
@@ -167,7 +165,7 @@ def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int) 
   def timed(run_steps: int) -> tuple[float, float]:
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
                      num_samples=args.samples, batch_size=b, point=args.point,
-                     t_init=T_INIT if sampler == "onestep" else None)
+                     t_init=t_init)
     t0 = time.perf_counter()
     post.cells(key, genes[:b], args.proteins)  # compiles
     warm = time.perf_counter() - t0
@@ -247,11 +245,14 @@ def main():
     steps = DEFAULT_STEPS[name]
     steps_run = steps if args.time_steps is None else min(args.time_steps, steps)
     label = f"{SAMPLER_NAMES[name]}-{steps}"
+    # A SiD generator has the teacher's architecture, so a random teacher times it too.
+    t_init = config.distill.t_init if name == "onestep" else None
     if "images" in args.cases:
       rows.append((label, time_images(image_model, codec, schedule, args, name, steps,
-                                      steps_run)))
+                                      steps_run, t_init)))
     if "cells" in args.cases:
-      rows.append((label, time_cells(cell_model, schedule, args, name, steps, steps_run)))
+      rows.append((label, time_cells(cell_model, schedule, args, name, steps, steps_run,
+                                     t_init)))
 
   print("| case | sampler | K | batch | timed part | compile s | timed s | result |")
   print("|---|---|---|---|---|---|---|---|")
