@@ -78,6 +78,12 @@ def num_params(model) -> int:
   return int(sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+def teacher(model, sampler: str):
+  """A generator's teacher, for its denoiser point estimate: a network of the same
+  architecture, so the model itself times it."""
+  return model if sampler == "onestep" else None
+
+
 def tile_loop(posterior, padded: np.ndarray, starts, observed: np.ndarray, tile: int,
               n_batches: int, key, blend) -> None:
   """The first n_batches of `sample_image`'s loop (same tiles, keys and blending)."""
@@ -128,7 +134,7 @@ def time_images(model, codec, schedule, args, sampler: str, steps: int, steps_ru
     """(warm-up s, timed s over n calls) for a posterior running `run_steps` steps."""
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
                      num_samples=args.samples, batch_size=b, x0_range=None, point=args.point,
-                     codec=codec, t_init=t_init)
+                     codec=codec, t_init=t_init, teacher=teacher(model, sampler))
     t0 = time.perf_counter()
     # Compiles. Other pixels: a latent Posterior remembers the latents of tiles it encoded.
     tile_loop(post, padded + 1.0, starts, observed, tile, 1, key, blender())
@@ -165,7 +171,7 @@ def time_cells(model, schedule, args, sampler: str, steps: int, steps_run: int,
   def timed(run_steps: int) -> tuple[float, float]:
     post = Posterior(model, schedule, sampler=sampler, steps=run_steps,
                      num_samples=args.samples, batch_size=b, point=args.point,
-                     t_init=t_init)
+                     t_init=t_init, teacher=teacher(model, sampler))
     t0 = time.perf_counter()
     post.cells(key, genes[:b], args.proteins)  # compiles
     warm = time.perf_counter() - t0

@@ -127,7 +127,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--steps", type=int, help="default: 50 for ddim, 500 for ddpm, 1 for onestep")
   p.add_argument("--point", choices=("denoiser", "samples"), default="denoiser",
                  help="the point estimate (posterior mean): the network's x0 estimate from "
-                      "pure noise, averaged over K draws, or the mean of the K samples")
+                      "pure noise, averaged over K draws (a generator's: its teacher's), or "
+                      "the mean of the K samples")
   p.add_argument("--views", type=int, choices=(1, 2, 4, 8),
                  help="images: orientations (flips / right-angle rotations) the samples are "
                       "shared among, the point estimate averaged over them (default: the "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import anndata
 import jax
@@ -174,6 +175,30 @@ def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, c
   assert main(["impute", "--model", str(teacher), "--input", str(src), "--out",
                str(tmp_path / "x"), "--sampler", "onestep"]) == 2
   assert "distill" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+  # The generator's point estimate is its teacher's (exported beside it): the teacher's own
+  # estimate from the same noise, beside the generator's draws; or the mean of the draws.
+  from multichan_diff.impute.posterior import load_posterior
+  genes = np.random.default_rng(0).standard_normal((5, len(a["genes"])), np.float32)
+  p, key = len(a["channels"]), jax.random.key(3)
+  draws, point = load_posterior(gen, sampler="onestep", samples=4)[0].cells(key, genes, p)
+  _, teacher_point = load_posterior(str(teacher), sampler="ddim", steps=1,
+                                    samples=4)[0].cells(key, genes, p)
+  np.testing.assert_allclose(point, teacher_point, atol=1e-5)
+  assert np.abs(point - draws.mean(0)).max() > 1e-2
+  same_draws, mean = load_posterior(gen, sampler="onestep", samples=4,
+                                    point="samples")[0].cells(key, genes, p)
+  np.testing.assert_array_equal(same_draws, draws)
+  np.testing.assert_allclose(mean, draws.mean(0), atol=1e-6)
+  # An export without its teacher says how to go on.
+  shutil.rmtree(tmp_path / "gb" / "teacher_params")
+  capsys.readouterr()
+  args = ["impute", "--model", str(tmp_path / "gb"), "--input", str(src), "--out",
+          str(tmp_path / "y"), "--sampler", "onestep", "--samples", "2"]
+  assert main(args) == 2
+  err = capsys.readouterr().err
+  assert "gb" in err and "--point samples" in err and not (tmp_path / "y").exists()
+  assert main(args + ["--point", "samples"]) == 0
 
 
 def _params(model_dir):

@@ -13,7 +13,7 @@ import numpy as np
 from multichan_diff.evaluate import metrics
 
 BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
-POINT_WORDS = {"denoiser": "the network's x0 estimate from pure noise averaged over {k} draws",
+POINT_WORDS = {"denoiser": "the {net} x0 estimate from pure noise averaged over {k} draws",
                "samples": "the mean of {k} samples"}
 
 
@@ -97,6 +97,7 @@ def markdown(summary: dict, info: dict) -> str:
   methods = summary["methods"]
   names = list(methods)
   members = info.get("members", 1)
+  net = "generator's teacher's" if info["sampler"] == "onestep" else "network's"
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
            + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
            f"Model `{info['model']}`"
@@ -104,7 +105,7 @@ def markdown(summary: dict, info: dict) -> str:
               "of their estimates)" if members > 1 else "")
            + f" on store `{info['store']}`; {info['sampler']} with "
            f"{info['steps']} steps; `model` is the posterior mean as "
-           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'])}"
+           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'], net=net)}"
            + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1
               else "") + ", "
            "`model_1_sample` one sample"

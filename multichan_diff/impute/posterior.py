@@ -7,7 +7,10 @@ The point estimate is the posterior mean E[x0 | c], by one of two routes:
     it by 1 + SNR, about 1), the network regresses exactly E[x0 | c], in one evaluation.
   * "samples": the average of the K sampled chains, which approaches the same mean as K
     grows, but slowly: each sample carries the posterior's full spread.
-Either way the K chains give the uncertainty (their standard deviation).
+Either way the K chains give the uncertainty (their standard deviation). A distilled
+generator's draws are one network call each, but their mean approaches the posterior mean
+as slowly as any samples do; its "denoiser" estimate is its teacher's, exported beside it
+(the generator itself is no denoiser: SiD trained it at t_init only).
 
 Images can be seen in several orientations (`views` of the 8 flips / right-angle
 rotations; tissue has none): the K draws are shared out among the views, each view's
@@ -61,8 +64,9 @@ class Posterior:
   prediction: what the network outputs, "eps" or "v".
   point: how the point estimate is made (see the module docstring).
   codec: a latent-space model's autoencoder and latent standardisation, or None.
-  t_init: a distilled generator's timestep (sampler "onestep", whose point estimate is the
-  mean of the K draws).
+  t_init: a distilled generator's timestep (sampler "onestep").
+  teacher: the network whose x0 estimate is the "denoiser" point estimate when it is not
+  `model`'s own: a distilled generator's teacher.
   target_stats: (mean [C], std [C]) of the training FOVs for a model trained on per-FOV
   standardised targets, or None.
   views: 1, 2, 4 or 8 orientations of each image tile, num_samples / views draws each.
@@ -73,17 +77,21 @@ class Posterior:
                x0_range: tuple[np.ndarray, np.ndarray] | None = None,
                prediction: str = "eps", point: str = "denoiser",
                codec: LatentCodec | None = None, t_init: int | None = None,
-               target_stats: tuple[np.ndarray, np.ndarray] | None = None, views: int = 1):
+               teacher=None, target_stats: tuple[np.ndarray, np.ndarray] | None = None,
+               views: int = 1):
     get_sampler(sampler)
     if target_stats is not None and codec is not None:
       raise ValueError("per-FOV standardised targets are for pixel-space models only")
-    sampler_kw = {}
-    if sampler == "onestep":  # a distilled generator: K draws, their mean the point
-      if t_init is None:
-        raise ValueError("the one-step sampler needs the generator's t_init")
-      sampler_kw, point = {"t_init": int(t_init)}, "samples"
     if point not in POINT_ESTIMATES:
       raise ValueError(f"unknown point estimate {point!r}; choose from {POINT_ESTIMATES}")
+    sampler_kw = {}
+    if sampler == "onestep":  # a distilled generator
+      if t_init is None:
+        raise ValueError("the one-step sampler needs the generator's t_init")
+      if point == "denoiser" and teacher is None:
+        raise ValueError("a generator's denoiser point estimate is its teacher's; "
+                         "give the teacher, or take the mean of the draws (point 'samples')")
+      sampler_kw = {"t_init": int(t_init)}
     self.point = point
     self.steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     if sampler == "onestep" and self.steps != 1:
@@ -97,11 +105,12 @@ class Posterior:
     self.views = views
     draws = self.num_samples // views  # per view
     graphdef, state = nnx.split(model)
+    t_graphdef, t_state = nnx.split(teacher) if teacher is not None else (None, None)
     self.codec = codec
-    self._state = (state, None)
+    self._state = (state, None, t_state)  # the sampled network, autoencoder, teacher
     if codec is not None:
       ae_graphdef, ae_state = nnx.split(codec.autoencoder)
-      self._state = (state, ae_state)
+      self._state = (state, ae_state, t_state)
       stats = codec.stats
       latent_codec = lambda ae_state: LatentCodec(nnx.merge(ae_graphdef, ae_state), stats)
       latent_range = (jnp.asarray(stats.lo), jnp.asarray(stats.hi))
@@ -114,8 +123,9 @@ class Posterior:
                              steps=self.steps, **sampler_kw, **common)
       if point == "samples":
         return out["samples"], out["mean"]
-      one = sample_posterior(m, schedule, k_point, cond, cond_mask, shape, sampler="ddim",
-                             steps=1, **common)
+      denoiser = m if states[2] is None else nnx.merge(t_graphdef, states[2])
+      one = sample_posterior(denoiser, schedule, k_point, cond, cond_mask, shape,
+                             sampler="ddim", steps=1, **common)
       return out["samples"], one["mean"]
 
     def images(states, key, x, observed, shift, scale):
@@ -290,7 +300,7 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
               ) -> tuple[Posterior, dict]:
   from multichan_diff.impute.images import model_normalizer
   from multichan_diff.train.export import (load_codec, load_model, load_prediction,
-                                           load_schedule)
+                                           load_schedule, load_teacher)
   model, meta = load_model(model_dir)
   network = meta.get("network", "diffusion")
   if network == "autoencoder":
@@ -299,6 +309,11 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
     raise ValueError(f"{model_dir}: a {network} model; " + (
         "sample it with --sampler onestep" if network == "generator" else
         "--sampler onestep needs a distilled generator (`multichan-diff distill`)"))
+  teacher = load_teacher(model_dir, meta) if network == "generator" else None
+  if network == "generator" and point == "denoiser" and teacher is None:
+    raise ValueError(f"{model_dir}: this generator was exported without its teacher, whose "
+                     "x0 estimate is the denoiser point estimate; export it again, or take "
+                     "the mean of the draws with --point samples")
   cells = meta["kind"] == "cells"
   if views is None:
     views = 1 if cells or meta.get("space") == "latent" else max(
@@ -308,5 +323,6 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
       batch_size=batch_size or (256 if cells else 16),
       x0_range=None if cells else model_normalizer(meta).bounds(),
       prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
-      t_init=meta.get("t_init"), target_stats=meta.get("target_stats"), views=views)
+      t_init=meta.get("t_init"), teacher=teacher, target_stats=meta.get("target_stats"),
+      views=views)
   return posterior, meta

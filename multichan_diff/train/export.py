@@ -6,6 +6,9 @@ MODEL_DIR/model.json  model config, diffusion schedule, channel panel (and genes
                     without the training store.
 MODEL_DIR/autoencoder  a latent-space model's tile autoencoder (itself an exported model),
                     with the latents' standardisation in model.json's `latent`.
+MODEL_DIR/teacher_params  a distilled generator's teacher (orbax, the generator's
+                    architecture): its x0 estimate from pure noise is the point estimate
+                    beside the generator's draws.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from multichan_diff.diffusion.schedules import Schedule, get_schedule
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
 
+TEACHER_PARAMS = "teacher_params"
 NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
                       "union_of")
 
@@ -53,6 +57,8 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
       shutil.copytree(autoencoder, os.path.join(tmp, "autoencoder"))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, "params"), state.ema)
+    if meta["network"] == "generator":
+      checkpointer.save(os.path.join(tmp, TEACHER_PARAMS), state.teacher)
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, "model.json"), "w") as f:
       json.dump(meta, f)
@@ -106,13 +112,24 @@ def load_model(model_dir: str):
     model = build_autoencoder(AutoencoderConfig.from_mapping(meta["model"]))
   else:
     model = build_model(ModelConfig.from_mapping(meta["model"]))
+  return _restored(model, os.path.join(model_dir, "params")), meta
+
+
+def load_teacher(model_dir: str, meta: dict):
+  """A distilled generator's teacher network, or None when the export carries none (a
+  diffusion model, or a generator exported before teachers were written beside it)."""
+  path = os.path.join(model_dir, TEACHER_PARAMS)
+  if meta.get("network") != "generator" or not os.path.isdir(path):
+    return None
+  return _restored(build_model(ModelConfig.from_mapping(meta["model"])), path)
+
+
+def _restored(model, path: str):
   params = nnx.state(model, nnx.Param)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-  restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(model_dir), "params"),
-                                                abstract)
-  nnx.update(model, restored)
+  nnx.update(model, ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract))
   model.eval()  # dropout off: imputation is a function of the noise draws alone
-  return model, meta
+  return model
 
 
 def load_codec(model_dir: str, meta: dict):
