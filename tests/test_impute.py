@@ -18,6 +18,7 @@ from multichan_diff.impute import tiling
 from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.impute.images import observed_channels, sample_image
 from multichan_diff.impute.posterior import Posterior, load_posterior
+from multichan_diff.train.export import read_meta
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(64, 16, 4), (70, 16, 4), (16, 16, 0), (50, 32, 8)])
@@ -234,6 +235,33 @@ def test_blended_images_stay_exactly_in_the_data_range():
     assert out[..., 1].min() >= lo[1] and out[..., 1].max() <= hi[1]
   assert (draws[..., 1] == lo[1]).any() or (draws[..., 1] == hi[1]).any()
   np.testing.assert_array_equal(draws[..., 0], np.broadcast_to(image[..., 0], (2, 21, 30)))
+
+
+def test_draws_of_counts_under_half_a_count_are_zero(image_model):
+  # Data of whole counts: no blended draw lies between zero counts and half a count; the
+  # rest of the draws, and the point estimate, are as sampled.
+  from multichan_diff.impute.images import zero_below
+  meta = read_meta(image_model)
+  below = zero_below(meta)
+  post = load_posterior(image_model, samples=2, steps=2)[0]
+  np.testing.assert_allclose(post.zero_below, below)
+  lo, hi = post.x0_range
+  c = len(lo)
+  image = np.random.default_rng(3).uniform(lo, np.minimum(hi, lo + 1), (20, 24, c))
+  observed = np.arange(c) % 2 == 0
+  kw = dict(tile=16, overlap=4, key=jax.random.key(4), context_norm=meta["context_norm"])
+  draws, point = sample_image(post, image.astype(np.float32), observed, **kw)
+  post.zero_below = None
+  raw, raw_point = sample_image(post, image.astype(np.float32), observed, **kw)
+  missing = ~observed
+  zeroed = raw[..., missing] < below[missing]
+  between = zeroed & (raw[..., missing] > lo[missing])
+  assert between.any() and (~zeroed).any(), (between.mean(), zeroed.mean())
+  np.testing.assert_array_equal(draws[..., missing][zeroed],
+                                np.broadcast_to(lo[missing], zeroed.shape)[zeroed])
+  np.testing.assert_array_equal(draws[..., missing][~zeroed], raw[..., missing][~zeroed])
+  np.testing.assert_array_equal(point, raw_point)
+  np.testing.assert_array_equal(draws[..., observed], raw[..., observed])
 
 
 def test_observed_channel_rules_and_errors():

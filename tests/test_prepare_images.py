@@ -36,6 +36,7 @@ def test_prepare_real_folder_splits_by_fov_and_fits_on_train(tmp_path, dcis_fovs
     assert len(set(split[fovs == f])) == 1
   assert attrs["splits"] == {"train": ["Point2203"], "val": ["Point2204"], "test": ["Point2206"]}
   assert all(len(s["sha256"]) == 64 for s in attrs["sources"])
+  assert attrs["count_step"] == 1 / 64  # whole counts, averaged over 8 x 8 pixels
   # Statistics come from the training FOV alone.
   train = bin_image(np.moveaxis(dcis_fovs[0].image, 0, -1), 8)
   expected = fit_normalizer([train])
@@ -58,6 +59,13 @@ def test_tissue_filter_drops_empty_tiles(tmp_path):
                                                       "Channel": {"Name": ["x", "y", "z"]}})
   s = prepare_images(str(d), str(tmp_path / "o.zarr"), tile=32, min_signal=0.5)
   assert s["tiles"]["train"] == 1
+  # Counts summed over bins stay whole; intensities that are not counts have no step.
+  prepare_images(str(d), str(tmp_path / "s.zarr"), tile=16, bin_size=2, bin_how="sum")
+  assert store.read_attributes(str(tmp_path / "s.zarr"))["count_step"] == 1
+  tifffile.imwrite(d / "A.ome.tiff", image * 0.3, metadata={
+      "axes": "CYX", "Channel": {"Name": ["x", "y", "z"]}})
+  prepare_images(str(d), str(tmp_path / "f.zarr"), tile=32)
+  assert store.read_attributes(str(tmp_path / "f.zarr"))["count_step"] is None
 
 
 def _write_layouts(root, fovs):

@@ -26,6 +26,7 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
                str(tmp_path / "mibi_dcis.zarr"), "--out", str(out), "--name-map",
                str(names)]) == 0
   attrs = store.read_attributes(str(out))
+  assert attrs["count_step"] == 1 / 256  # both panels whole counts, binned alike
   channels = attrs["channels"]
   shared = set(np.asarray(channels)[np.all(attrs["panel_present"], axis=0)])
   assert {"CD3", "CD4", "CD8", "CD20", "CD45", "CD68", "Ki67", "SMA", "E-cadherin",

@@ -23,6 +23,14 @@ def bin_image(image: np.ndarray, b: int, how: str = "mean") -> np.ndarray:
   return v.sum((1, 3)) if how == "sum" else v.mean((1, 3))
 
 
+def count_step(fovs, bin_size: int, bin_how: str) -> float | None:
+  """The smallest positive value binned data can take when every pixel is a whole count
+  (ion counts): one count over a bin's pixels when they are averaged. None otherwise."""
+  if not all(np.array_equal(f.image, np.round(f.image)) for f in fovs):
+    return None
+  return 1.0 if bin_how == "sum" else 1.0 / bin_size ** 2
+
+
 def tile_origins(h: int, w: int, tile: int, stride: int) -> list[tuple[int, int]]:
   return [(y, x) for y in range(0, h - tile + 1, stride) for x in range(0, w - tile + 1, stride)]
 
@@ -60,6 +68,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   if "train" not in split_of.values():
     raise ValueError("every FOV is in test or val; leave at least one for training")
 
+  step = count_step(fovs, bin_size, bin_how)
   images = {f.name: bin_image(np.moveaxis(f.image, 0, -1), bin_size, bin_how) for f in fovs}
   for f in fovs:
     h, w, _ = images[f.name].shape
@@ -88,7 +97,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
       "sample_split": [SPLITS.index(split_of[r[0]]) for r in records],
       "normalizer": norm.to_dict(), "min_signal": min_signal,
       "fov_mean": [m.tolist() for m, _ in stats], "fov_std": [sd.tolist() for _, sd in stats],
-      "values": "counts" if counts else "normalized",
+      "values": "counts" if counts else "normalized", "count_step": step,
       "sources": [{"path": os.path.abspath(p), "sha256": store.sha256(p)}
                   for f in fovs for p in f.sources],
   }
@@ -155,6 +164,9 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
       "sources": [src for a in attrs for src in a["sources"]],
       **stats,
   }
+  steps = {a.get("count_step") for a in attrs}
+  if len(steps) == 1:  # the panels' draws are counts alike
+    union_attrs["count_step"] = steps.pop()
   with store.atomic_dir(out, overwrite) as tmp:
     store.create_group(tmp, union_attrs)
     dst = store.create_array(tmp, "x0", (n, tile, tile, len(names)))

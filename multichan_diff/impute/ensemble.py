@@ -44,7 +44,7 @@ class Ensemble:
     self.num_samples = sum(m.num_samples for m in self.members)
     self.batch_size, self.steps = first.batch_size, first.steps
     self.point, self.views, self.codec = first.point, first.views, None
-    self.x0_range = first.x0_range  # members share their data transforms
+    self.x0_range, self.zero_below = first.x0_range, first.zero_below  # shared transforms
 
   def _each(self, method: str, key: jax.Array, *args) -> tuple[np.ndarray, np.ndarray]:
     outs = [getattr(m, method)(jax.random.fold_in(key, i) if i else key, *args)

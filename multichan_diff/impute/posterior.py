@@ -67,6 +67,8 @@ class Posterior:
   t_init: a distilled generator's timestep (sampler "onestep").
   teacher: the network whose x0 estimate is the "denoiser" point estimate when it is not
   `model`'s own: a distilled generator's teacher.
+  zero_below: images of counts: [C] normalised values under which a blended draw is zero
+  counts (see `impute.images.sample_image`), or None.
   target_stats: (mean [C], std [C]) of the training FOVs for a model trained on per-FOV
   standardised targets, or None.
   views: 1, 2, 4 or 8 orientations of each image tile, num_samples / views draws each.
@@ -78,8 +80,11 @@ class Posterior:
                prediction: str = "eps", point: str = "denoiser",
                codec: LatentCodec | None = None, t_init: int | None = None,
                teacher=None, target_stats: tuple[np.ndarray, np.ndarray] | None = None,
-               views: int = 1):
+               views: int = 1, zero_below: np.ndarray | None = None):
     get_sampler(sampler)
+    if zero_below is not None and x0_range is None:
+      raise ValueError("zero_below needs the data's floor (x0_range)")
+    self.zero_below = zero_below
     if target_stats is not None and codec is not None:
       raise ValueError("per-FOV standardised targets are for pixel-space models only")
     if point not in POINT_ESTIMATES:
@@ -298,7 +303,7 @@ def load_posterior(model: str | Sequence[str], *, sampler: str = "ddim",
 
 def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, views
               ) -> tuple[Posterior, dict]:
-  from multichan_diff.impute.images import model_normalizer
+  from multichan_diff.impute.images import model_normalizer, zero_below
   from multichan_diff.train.export import (load_codec, load_model, load_prediction,
                                            load_schedule, load_teacher)
   model, meta = load_model(model_dir)
@@ -324,5 +329,5 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
       x0_range=None if cells else model_normalizer(meta).bounds(),
       prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
       t_init=meta.get("t_init"), teacher=teacher, target_stats=meta.get("target_stats"),
-      views=views)
+      views=views, zero_below=None if cells else zero_below(meta))
   return posterior, meta

@@ -30,7 +30,7 @@ from multichan_diff.train.checkpoint import Checkpoints
 
 TEACHER_PARAMS = "teacher_params"
 NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
-                      "union_of")
+                      "union_of", "count_step")
 
 
 def export_model(workdir: str, out: str, overwrite: bool = False,
