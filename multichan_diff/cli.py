@@ -100,7 +100,8 @@ def _impute(args) -> dict:
   return impute_images(args.model, args.input, args.out, observed=_names(args.observed),
                        missing=_names(args.missing), overlap=args.overlap,
                        batch_size=args.batch_size or 16, panel_csv=args.panel,
-                       name_map=args.name_map, **common)
+                       name_map=args.name_map, continuous_draws=args.continuous_draws,
+                       **common)
 
 
 def _evaluate(args) -> dict:
@@ -110,7 +111,8 @@ def _evaluate(args) -> dict:
                   samples=args.samples, sampler=args.sampler,
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
-                  views=args.views, overwrite=args.overwrite)
+                  views=args.views, continuous_draws=args.continuous_draws,
+                  overwrite=args.overwrite)
 
 
 def _demo(args) -> dict:
@@ -133,6 +135,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                  help="images: orientations (flips / right-angle rotations) the samples are "
                       "shared among, the point estimate averaged over them (default: the "
                       "most that divide --samples; 1 for latent and cells models)")
+  p.add_argument("--continuous-draws", action="store_true",
+                 help="images of whole counts: keep draws under half a count as sampled "
+                      "(by default they are zero counts)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile / 4)")
   p.add_argument("--batch-size", type=int, help="tiles (16) or cells (256) per call")

@@ -19,7 +19,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
-             overwrite: bool = False) -> dict:
+             continuous_draws: bool = False, overwrite: bool = False) -> dict:
   from multichan_diff.train.export import load_model
   store.check_writable(out, overwrite)
   attrs = store.read_attributes(store_path)
@@ -31,13 +31,14 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
     model, meta = load_model(model_dir)
     return _reconstruction(model, meta, model_dir, store_path, out, split, overwrite)
   posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
-                                   batch_size=batch_size, point=point, views=views)
+                                   batch_size=batch_size, point=point, views=views,
+                                   continuous_draws=continuous_draws)
   kind = meta["kind"]
   info = {"kind": kind, "split": split, "mode": mode if kind == "images" else "proteins",
           "model": ",".join(map(os.path.abspath, dirs)), "store": os.path.abspath(store_path),
           "sampler": sampler, "steps": posterior.steps, "samples": samples,
           "point": posterior.point, "views": posterior.views, "seed": seed,
-          "members": len(dirs)}
+          "members": len(dirs), "draws_zeroed_below": posterior.zero_below is not None}
   if kind == "cells":
     if channels:
       raise ValueError("--channels is for images; a cells model is scored on every protein")

@@ -144,14 +144,15 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
                   seed: int = 0, overlap: int | None = None, batch_size: int = 16,
                   panel_csv: str | None = None, name_map: str | None = None,
                   point: str = "denoiser", views: int | None = None,
-                  overwrite: bool = False) -> dict:
+                  continuous_draws: bool = False, overwrite: bool = False) -> dict:
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
   posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over
   the samples), both in the input's units at the model's pixel size (the input binned by
   the model's bin)."""
   store.check_writable(out, overwrite)
   posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
-                                   batch_size=batch_size, point=point, views=views)
+                                   batch_size=batch_size, point=point, views=views,
+                                   continuous_draws=continuous_draws)
   if meta["kind"] != "images":
     raise ValueError(f"{model_dir}: a {meta['kind']} model; images need an images model")
   nmap = panels.NameMap.read_csv(name_map) if name_map else None

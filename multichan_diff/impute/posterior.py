@@ -283,26 +283,28 @@ def model_dirs(model: str | Sequence[str]) -> list[str]:
 
 def load_posterior(model: str | Sequence[str], *, sampler: str = "ddim",
                    steps: int | None = None, samples: int = 8, batch_size: int | None = None,
-                   point: str = "denoiser", views: int | None = None
-                   ) -> tuple[Posterior | Ensemble, dict]:
+                   point: str = "denoiser", views: int | None = None,
+                   continuous_draws: bool = False) -> tuple[Posterior | Ensemble, dict]:
   """-> (Posterior, model.json) of an exported diffusion model or distilled generator
   (which needs sampler "onestep", and the reverse); several folders (see `model_dirs`)
   -> (Ensemble of them, the first's model.json). views=None: a pixel-space images model
   sees as many orientations as share the samples evenly (the largest of 1, 2, 4, 8 that
-  divides them), others one."""
+  divides them), others one. continuous_draws: images of whole counts keep draws under half
+  a count as sampled (see `impute.images.sample_image`)."""
   from multichan_diff.train.export import read_meta
   dirs = model_dirs(model)
   if len(dirs) > 1:
     check_members([read_meta(d) for d in dirs], dirs)
   loaded = [_load_one(d, sampler=sampler, steps=steps, samples=samples,
-                      batch_size=batch_size, point=point, views=views) for d in dirs]
+                      batch_size=batch_size, point=point, views=views,
+                      continuous_draws=continuous_draws) for d in dirs]
   if len(loaded) == 1:
     return loaded[0]
   return Ensemble([p for p, _ in loaded]), loaded[0][1]
 
 
-def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, views
-              ) -> tuple[Posterior, dict]:
+def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, views,
+              continuous_draws) -> tuple[Posterior, dict]:
   from multichan_diff.impute.images import model_normalizer, zero_below
   from multichan_diff.train.export import (load_codec, load_model, load_prediction,
                                            load_schedule, load_teacher)
@@ -329,5 +331,5 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
       x0_range=None if cells else model_normalizer(meta).bounds(),
       prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
       t_init=meta.get("t_init"), teacher=teacher, target_stats=meta.get("target_stats"),
-      views=views, zero_below=None if cells else zero_below(meta))
+      views=views, zero_below=None if cells or continuous_draws else zero_below(meta))
   return posterior, meta
