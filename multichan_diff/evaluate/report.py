@@ -112,7 +112,9 @@ def markdown(summary: dict, info: dict) -> str:
            + ("" if info.get("point", "samples") == "samples" else
               f", `model_samples_mean` the mean of the {info['samples']} samples")
            + ". Best baseline: "
-           f"`{summary['best_baseline']}`."]
+           f"`{summary['best_baseline']}`."
+           + (" Draws under half a count are zero counts (the data are whole counts)."
+              if info.get("draws_zeroed_below") else "")]
   if "uncertainty" in summary:
     lines += _uncertainty_lines(summary["uncertainty"])
   lines.append("")
