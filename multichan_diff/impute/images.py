@@ -58,7 +58,7 @@ def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, 
   channel mean and std, as the model saw its training FOVs (the model.json says which).
   Data of whole counts (`posterior.zero_below`): a draw under half the smallest positive
   value the data can take is zero counts. The network's output is continuous and puts
-  most measured zeros a little above zero, so that without this they fall below every draw
+  many measured zeros a little above zero, so that without this they fall below every draw
   far more often than a posterior's would. The point estimate, a mean, is left as it is.
   """
   h, w, c = image.shape

@@ -316,7 +316,7 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
     raise ValueError(f"{model_dir}: a {network} model; " + (
         "sample it with --sampler onestep" if network == "generator" else
         "--sampler onestep needs a distilled generator (`multichan-diff distill`)"))
-  teacher = load_teacher(model_dir, meta) if network == "generator" else None
+  teacher = load_teacher(model_dir, meta)
   if network == "generator" and point == "denoiser" and teacher is None:
     raise ValueError(f"{model_dir}: this generator was exported without its teacher, whose "
                      "x0 estimate is the denoiser point estimate; export it again, or take "
