@@ -112,13 +112,13 @@ class Posterior:
     graphdef, state = nnx.split(model)
     t_graphdef, t_state = nnx.split(teacher) if teacher is not None else (None, None)
     self.codec = codec
-    self._state = (state, None, t_state)  # the sampled network, autoencoder, teacher
+    ae_state = None
     if codec is not None:
       ae_graphdef, ae_state = nnx.split(codec.autoencoder)
-      self._state = (state, ae_state, t_state)
       stats = codec.stats
       latent_codec = lambda ae_state: LatentCodec(nnx.merge(ae_graphdef, ae_state), stats)
       latent_range = (jnp.asarray(stats.lo), jnp.asarray(stats.hi))
+    self._state = (state, ae_state, t_state)  # the sampled network, autoencoder, teacher
 
     def run(states, key, cond, cond_mask, shape, **known):
       m = nnx.merge(graphdef, states[0])
