@@ -108,7 +108,7 @@ def _evaluate(args) -> dict:
   from multichan_diff.evaluate.run import evaluate
   return evaluate(args.model, args.store, args.out, split=args.split, mode=args.mode,
                   panel=_names(args.panel), channels=_names(args.channels),
-                  samples=args.samples, sampler=args.sampler,
+                  held_out=_names(args.held_out), samples=args.samples, sampler=args.sampler,
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
                   views=args.views, continuous_draws=args.continuous_draws,
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--panel", help="with --mode panel: the observed channels")
   ev.add_argument("--channels", help="images: use only these of the store's channels, "
                   "observed or scored (e.g. the channels two models' panels share)")
+  ev.add_argument("--held-out", help="images, with --mode single: hold out only these "
+                  "channels, each in turn (the same draws as in a run over every channel)")
   ev.add_argument("--out", required=True, help="report folder")
   _add_sampling_args(ev)
   ev.set_defaults(func=_evaluate)

@@ -24,6 +24,8 @@ def test_observed_sets_per_mode():
   expected = [np.random.default_rng(100 + s).random(6) < 0.5 for s in range(10)]
   expected = [e for e in expected if e.any() and not e.all()]
   assert all((a == b).all() for a, b in zip(multi, expected))
+  assert [(~s).nonzero()[0].tolist() for s in observed_sets("single", chans, held_out=[4, 1])] \
+      == [[4], [1]]
   (panel,) = observed_sets("panel", chans, [0, 2])
   assert panel.tolist() == [True, False, True, False, False, False]
   with pytest.raises(ValueError, match="needs --panel"):
@@ -109,6 +111,21 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   r3 = json.loads((tmp_path / "r3" / "report.json").read_text())
   assert r3["channels"] == sub and r3["sets"] == [[c for c in sub if c != x] for x in sub]
   assert set(r3["methods"]["ridge"]["per_channel"]) == set(sub)
+  # --held-out: a part of that `single` run, with the same draws and scores.
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "single",
+               "--channels", ",".join(sub), "--held-out", "VIM,CD3", "--out",
+               str(tmp_path / "r5"), "--samples", "2", "--steps", "1", "--views", "1"]) == 0
+  r5 = json.loads((tmp_path / "r5" / "report.json").read_text())
+  assert r5["held_out"] == ["VIM", "CD3"] and len(r5["sets"]) == 2
+  for method, per in r5["methods"].items():
+    for ch, figures in per["per_channel"].items():
+      expected = r3["methods"][method]["per_channel"][ch] if ch in ("VIM", "CD3") else None
+      assert figures == (expected or {k: None for k in figures}), (method, ch)
+  assert "(held out: VIM, CD3)" in (tmp_path / "r5" / "report.md").read_text()
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "multi",
+               "--held-out", "CD3", "--out", str(tmp_path / "r6")]) == 2
+  assert "--held-out is for --mode single" in capsys.readouterr().err
+  assert not (tmp_path / "r6").exists()
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--channels",
                "CD3,CD999", "--out", str(tmp_path / "r4")]) == 2
   assert "--channels" in capsys.readouterr().err and not (tmp_path / "r4").exists()

@@ -74,12 +74,15 @@ def _read_if_any(path: str, split: str) -> list[FOVImage]:
 
 
 def observed_sets(mode: str, channels: list[str], panel: list[int] | None = None,
-                  seed: int = 100) -> list[np.ndarray]:
-  """[C] bool masks: `single` each channel held out in turn; `multi` 10 fixed subsets
-  (channel observed with p = 0.5, rng seeds 100..109); `panel` the given channels."""
+                  held_out: list[int] | None = None, seed: int = 100) -> list[np.ndarray]:
+  """[C] bool masks: `single` each channel (or each of `held_out`) held out in turn;
+  `multi` 10 fixed subsets (channel observed with p = 0.5, rng seeds 100..109); `panel`
+  the given channels."""
   c = len(channels)
+  if held_out and mode != "single":
+    raise ValueError("--held-out is for --mode single")
   if mode == "single":
-    return [np.arange(c) != i for i in range(c)]
+    return [np.arange(c) != i for i in (held_out or range(c))]
   if mode == "multi":
     sets = [np.random.default_rng(seed + s).random(c) < 0.5 for s in range(MULTI_SUBSETS)]
     return [s for s in sets if s.any() and not s.all()]
@@ -118,14 +121,16 @@ def _row(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
 def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
                     panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
                     tile: int, overlap: int, context_norm: str | None = "global",
-                    keep: list[int] | None = None, seed: int = 0,
+                    keep: list[int] | None = None, held_out: list[int] | None = None,
+                    seed: int = 0,
                     progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
   keep: the store channels used (observed or scored), or None for all; the rest are as if
   never measured, for the model and the baselines alike (two models with different panels
   compared on the channels they share). channel_index [C_kept]: each kept channel's index
-  in the model's panel (a union model is scored on one of its panels). Returns
+  in the model's panel (a union model is scored on one of its panels). held_out (`single`
+  only): the kept channels held out in turn, or None for all. Returns
   {"channels", "sets", "scores": {method: {metric: [S, C] with NaN where a channel was
   observed}}, "uncertainty": {"draws": K, metric: [S, C]} (`metrics.uncertainty` of the
   posterior's draws), "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
@@ -138,13 +143,15 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
     test, train = ([dataclasses.replace(f, image=f.image[..., keep]) for f in fovs]
                    for fovs in (test, train))
     channels = [channels[k] for k in keep]
-  sets = observed_sets(mode, channels, panel)
+  sets = observed_sets(mode, channels, panel, held_out)
+  # a held-out channel draws as in a full `single` run, so a part of one is that part
+  ids = held_out if held_out else range(len(sets))
   baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
   key = jax.random.key(seed)
   scores: dict[str, dict[str, list[np.ndarray]]] = {}
   uncertainty: dict[str, list[np.ndarray]] = {}
   examples: dict[str, dict] = {}
-  for s, observed in enumerate(sets):
+  for s, observed in zip(ids, sets):
     missing = ~observed
     mean, samples_mean, single, lo, hi, std = [], [], [], [], [], []
     for i, f in enumerate(test):

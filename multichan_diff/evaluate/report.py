@@ -99,7 +99,9 @@ def markdown(summary: dict, info: dict) -> str:
   members = info.get("members", 1)
   net = "generator's teacher's" if info["sampler"] == "onestep" else "network's"
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
-           + (f", mode `{info['mode']}`" if info["kind"] == "images" else ""), "",
+           + (f", mode `{info['mode']}`" if info["kind"] == "images" else "")
+           + (f" (held out: {', '.join(info['held_out'])})" if info.get("held_out") else ""),
+           "",
            f"Model `{info['model']}`"
            + (f" (an ensemble of {members}: each member's draws as below, `model` the mean "
               "of their estimates)" if members > 1 else "")

@@ -15,7 +15,8 @@ from multichan_diff.train.export import read_meta
 
 def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              mode: str = "single", panel: list[str] | None = None,
-             channels: list[str] | None = None, samples: int = 8,
+             channels: list[str] | None = None, held_out: list[str] | None = None,
+             samples: int = 8,
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
@@ -40,8 +41,9 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
           "point": posterior.point, "views": posterior.views, "seed": seed,
           "members": len(dirs), "draws_zeroed_below": posterior.zero_below is not None}
   if kind == "cells":
-    if channels:
-      raise ValueError("--channels is for images; a cells model is scored on every protein")
+    if channels or held_out:
+      raise ValueError("--channels and --held-out are for images; a cells model is scored "
+                       "on every protein")
     from multichan_diff.evaluate.cells import evaluate_cells
     result = evaluate_cells(posterior, store_path, meta, split=split, seed=seed)
   else:
@@ -60,9 +62,12 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
       raise ValueError(f"{store_path}: its panel does not fit the model's (--channels "
                        f"keeps a part of it): {e}") from e
     chosen = panels.match(panel, names, nmap) if panel else None
+    held = panels.match(held_out, names, nmap) if held_out else None
+    info["held_out"] = [names[k] for k in held] if held else None
     tile = meta["tile"]
     result = evaluate_images(posterior, store_path, split=split, mode=mode, panel=chosen,
-                             keep=keep, channel_index=index, model_channels=len(meta["channels"]),
+                             keep=keep, held_out=held, channel_index=index,
+                             model_channels=len(meta["channels"]),
                              tile=tile, overlap=tile // 4 if overlap is None else overlap,
                              context_norm=meta.get("context_norm"), seed=seed)
   with store.atomic_dir(out, overwrite) as tmp:
