@@ -8,6 +8,7 @@ import anndata
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import needs_data, perturb_params, tiny_model
 from multichan_diff.cli import main
@@ -58,11 +59,16 @@ def test_one_step_decreases_the_generator_loss_on_a_fixed_batch():
   batch = _image_batch(b=32)
   state, step, net = _sid_setup(teacher, lr=3e-4)
   loss = generator_loss_fn(SCHEDULE, CFG)
-  # At initialisation the fake network is the teacher, so the generator's loss and gradient
-  # are exactly zero; two steps give the fake network and then the generator something.
-  state, _ = step(state, batch, jax.random.key(0))
+  # The generator, the fake network and the EMA start as copies of the teacher.
+  teacher_leaves = [np.asarray(x) for x in jax.tree.leaves(state.teacher)]
+  for part in (state.params["generator"], state.params["fake"], state.ema):
+    for x, y in zip(jax.tree.leaves(part), teacher_leaves, strict=True):
+      np.testing.assert_array_equal(np.asarray(x), y)
+  # Where the fake network is the teacher (y_fake = y_real) the generator's loss vanishes;
+  # each step first moves the fake network off the teacher, then the generator.
   assert float(loss(net(state.params["generator"]), net(state.teacher),
-                    net(state.teacher), batch, jax.random.key(9))[0]) == 0.0
+                    net(state.params["fake"]), batch, jax.random.key(9))[0]) == 0.0
+  state, _ = step(state, batch, jax.random.key(0))
   state, _ = step(state, batch, jax.random.key(1))
   keys = jax.random.split(jax.random.key(2), 16)  # the expectation: common noise draws
 
@@ -144,7 +150,9 @@ def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, c
   assert main(base + ["--workdir", str(tmp_path / "b"), "--config.distill.train.steps=3"]) == 0
   assert main(base + ["--workdir", str(tmp_path / "b")]) == 0  # resumes at 3, runs to 6
   metrics = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
-  assert metrics[-1]["step"] == 6 and np.isfinite(metrics[-1]["val_loss"])
+  assert metrics[-1]["step"] == 6
+  assert all(np.isfinite(metrics[-1][k]) for k in ("val_loss", "loss", "fake_loss",
+                                                   "teacher_gap", "grad_norm"))
   for run in ("a", "b"):
     assert main(["export", "--workdir", str(tmp_path / run), "--out",
                  str(tmp_path / f"g{run}")]) == 0
@@ -204,3 +212,28 @@ def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, c
 def _params(model_dir):
   from multichan_diff.train.export import load_model
   return nnx.state(load_model(str(model_dir))[0], nnx.Param)
+
+
+def test_image_generator_evaluates_with_its_teachers_point_estimate(tmp_path, store_path,
+                                                                  image_model, capsys):
+  """The image path of a generator (tiles, views, per-FOV condition statistics): two SiD
+  steps, then `evaluate --sampler onestep`. Its point estimate is the teacher's own from
+  the same noise; its draws are the generator's."""
+  assert main(["distill", "--model", image_model, "--config", f"{CONFIGS}/default.py:smoke",
+               "--workdir", str(tmp_path / "run"), f"--config.data.store={store_path}",
+               "--config.distill.train.steps=2", "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "g")]) == 0
+  common = ["--store", store_path, "--mode", "single", "--held-out", "CD3,VIM", "--samples",
+            "2", "--views", "2"]
+  assert main(["evaluate", "--model", str(tmp_path / "g"), "--sampler", "onestep",
+               "--out", str(tmp_path / "gen")] + common) == 0
+  assert main(["evaluate", "--model", image_model, "--sampler", "ddim", "--steps", "1",
+               "--out", str(tmp_path / "teacher")] + common) == 0
+  capsys.readouterr()
+  gen, teacher = (json.loads((tmp_path / r / "report.json").read_text())["methods"]
+                  for r in ("gen", "teacher"))
+  for ch in ("CD3", "VIM"):
+    assert gen["model"]["per_channel"][ch]["pearson"] == pytest.approx(
+        teacher["model"]["per_channel"][ch]["pearson"], abs=1e-4)
+    assert gen["model_1_sample"]["per_channel"][ch]["pearson"] != pytest.approx(
+        teacher["model_1_sample"]["per_channel"][ch]["pearson"], abs=1e-4)

@@ -319,7 +319,7 @@ def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
             f"checkpoint in {ckpts.directory} is step {ckpts.latest_step()}")
       done = step + 1
       if done % tc.log_every == 0 or done == tc.steps:
-        last = {"loss": loss, "grad_norm": float(m["grad_norm"])}
+        last = {k: float(v) for k, v in m.items()}  # SiD's: also fake_loss, teacher_gap
         progress.update(done, loss)
       if val and (done % tc.eval_every == 0 or done == tc.steps):
         last["val_loss"] = float(np.mean([float(eval_loss(state.ema, b)) for b in val]))
