@@ -1,5 +1,6 @@
-"""`prepare union` of the two real MIBI panels."""
+"""`prepare union` of the two real MIBI panels, and a model of the union scored on one."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -10,6 +11,7 @@ from multichan_diff.cli import main
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import make_dataset, make_iterator
 from multichan_diff.data.transforms import typical_fov_stats
+from multichan_diff.evaluate.images import observed_sets
 
 pytestmark = needs_data
 
@@ -79,3 +81,35 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
   assert main(["prepare", "union", str(tmp_path / "mibi_granuloma.zarr"),
                str(tmp_path / "mibi_dcis.zarr"), "--out", str(tmp_path / "u2.zarr")]) == 0
   assert "ECAD" in store.read_attributes(str(tmp_path / "u2.zarr"))["channels"]
+  # A model of the union is scored on one panel's channels, matched by name: the order in
+  # which --channels names them changes nothing.
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  assert main(["train", "--config", f"{configs}/default.py:smoke", "--workdir",
+               str(tmp_path / "run"), f"--config.data.store={out}", "--config.train.steps=2",
+               "--config.data.threads=2"]) == 0
+  assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+  kept = ["CD3", "CD8", "E-cadherin", "Ki67", "SMA", "CD45"]
+  reports = []
+  for order in (kept, kept[::-1]):
+    rep = tmp_path / f"rep_{order[0]}"
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--store",
+                 str(tmp_path / "mibi_dcis.zarr"), "--name-map", str(names), "--channels",
+                 ",".join(order), "--mode", "panel", "--panel", "CD3,CD8,CD45", "--samples",
+                 "2", "--steps", "1", "--views", "1", "--out", str(rep)]) == 0
+    reports.append(json.loads((rep / "report.json").read_text()))
+  first, second = (r["methods"]["model"]["per_channel"] for r in reports)
+  assert reports[0]["channels"] == reports[1]["channels"][::-1]  # the store's names (ECAD)
+  assert [c for c in first if first[c]["pearson"] is not None] == ["ECAD", "Ki67", "SMA"]
+  for ch in ("ECAD", "Ki67", "SMA"):
+    assert np.isfinite(first[ch]["pearson"]) and first[ch] == pytest.approx(second[ch],
+                                                                          abs=1e-6), ch
+  # `multi` end to end: the fixed subsets of the kept channels, each scored where missing.
+  assert main(["evaluate", "--model", str(tmp_path / "m"), "--store",
+               str(tmp_path / "mibi_dcis.zarr"), "--name-map", str(names), "--channels",
+               ",".join(kept), "--mode", "multi", "--samples", "1", "--steps", "1",
+               "--views", "1", "--out", str(tmp_path / "multi")]) == 0
+  multi = json.loads((tmp_path / "multi" / "report.json").read_text())
+  got = multi["channels"]  # the store's names, in --channels' order
+  expected = [[c for c, o in zip(got, s) if o] for s in observed_sets("multi", got)]
+  assert multi["sets"] == expected and multi["mode"] == "multi"
+  assert np.isfinite(multi["methods"]["model"]["mean"]["pearson"])
