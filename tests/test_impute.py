@@ -49,18 +49,19 @@ def test_blending_weighs_each_tile_by_the_window():
   assert np.all(np.diff(row) >= -1e-6) and np.diff(row).max() < 0.5
 
 
-def test_sample_image_of_any_size_keeps_observed_channels():
+@pytest.mark.parametrize("h, w", [(21, 37), (9, 13)])  # the second is under one tile
+def test_sample_image_of_any_size_keeps_observed_channels(h, w):
   cfg, model = tiny_model(3)
   perturb_params(model)
   post = Posterior(model, get_schedule("linear", 100), steps=3, num_samples=2, batch_size=4)
-  image = np.random.default_rng(0).normal(size=(21, 37, 3)).astype(np.float32)
+  image = np.random.default_rng(0).normal(size=(h, w, 3)).astype(np.float32)
   observed = np.array([True, False, True])
   draws, point = sample_image(post, image, observed, tile=16, overlap=4,
                               key=jax.random.key(0))
-  assert draws.shape == (2, 21, 37, 3) and np.isfinite(draws).all()
-  assert point.shape == (21, 37, 3) and np.isfinite(point).all()
+  assert draws.shape == (2, h, w, 3) and np.isfinite(draws).all()
+  assert point.shape == (h, w, 3) and np.isfinite(point).all()
   np.testing.assert_array_equal(draws[..., observed], np.broadcast_to(image[..., observed],
-                                                                      (2, 21, 37, 2)))
+                                                                      (2, h, w, 2)))
   np.testing.assert_array_equal(point[..., observed], image[..., observed])
   assert not np.allclose(draws[0, ..., 1], draws[1, ..., 1])  # two samples differ
 
@@ -276,11 +277,13 @@ def test_observed_channel_rules_and_errors():
     observed_channels(panel, image, observed=["CD8"], missing=None)
   with pytest.raises(ValueError, match="unknown channel.*the panel is: DNA, CD3"):
     observed_channels(panel, image, observed=["CD99"], missing=None)
-  with pytest.raises(ValueError, match="exactly one"):
-    observed_channels(panel, image, observed=["DNA"], missing=["CD3"])
-  with pytest.raises(ValueError, match="no observed channel"):
+  listed = "panel is: DNA, CD3, CD8, E-cadherin"
+  for observed, missing in ((["DNA"], ["CD3"]), ([], None)):  # both, or an empty --observed
+    with pytest.raises(ValueError, match=f"exactly one.*{listed}"):
+      observed_channels(panel, image, observed=observed, missing=missing)
+  with pytest.raises(ValueError, match=f"no observed channel.*{listed}"):
     observed_channels(panel, image, observed=None, missing=["DNA", "CD3", "E-cadherin"])
-  with pytest.raises(ValueError, match="nothing to impute"):
+  with pytest.raises(ValueError, match=f"nothing to impute.*{listed}"):
     observed_channels(panel, panel, observed=panel, missing=None)
 
 

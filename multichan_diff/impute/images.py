@@ -100,9 +100,10 @@ def observed_channels(model_panel: list[str], image_channels: list[str], *,
                       observed: list[str] | None, missing: list[str] | None,
                       name_map: panels.NameMap | None = None, where: str = "input") -> np.ndarray:
   """The [C_model] bool mask of observed channels from --observed or --missing."""
-  if bool(observed) == bool(missing):
-    raise ValueError("give exactly one of --observed or --missing (comma-separated names)")
   panel = ", ".join(model_panel)
+  if bool(observed) == bool(missing):
+    raise ValueError("give exactly one of --observed or --missing (comma-separated names); "
+                     f"the model's panel is: {panel}")
   available = np.zeros(len(model_panel), bool)  # a channel the model does not know is unused
   available[list(panels.known(image_channels, model_panel, name_map).values())] = True
   mask = np.zeros(len(model_panel), bool)
