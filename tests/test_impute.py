@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import anndata
 import jax
@@ -293,8 +294,10 @@ def test_impute_cli_on_a_real_ome_tiff(tmp_path, image_model, capsys):
   out = tmp_path / "imputed"
   assert main(["impute", "--model", image_model, "--input", str(src), "--missing", "CD3,CD8",
                "--out", str(out), "--samples", "2", "--steps", "2"]) == 0
-  summary = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out)
   assert summary["imputed"] == ["CD3", "CD8"]
+  assert re.search(r"(\d+)/\1 \[#{24}\] [\d.]+ tiles/s", captured.err)  # the progress bar
   meta = json.loads(open(os.path.join(image_model, "model.json")).read())
   assert meta["context_norm"] == "fov"
   mean = readers.read_multichannel_tiff(str(out / "Point2206.ome.tif"))
@@ -326,6 +329,7 @@ def test_impute_cells_writes_predictions_with_uncertainty(tmp_path, cells_model,
   out = tmp_path / "pred.h5ad"
   assert main(["impute", "--model", str(model), "--input", str(src), "--out", str(out),
                "--samples", "3", "--steps", "2", "--batch-size", "64"]) == 0
+  assert re.search(r"200/200 \[#{24}\] [\d.]+ cells/s", capsys.readouterr().err)
   a, b = anndata.read_h5ad(out), anndata.read_h5ad(src)
   pred, std = a.obsm["protein_predicted"], a.obsm["protein_predicted_std"]
   assert list(pred.columns) == list(b.obsm["protein_counts"].columns) == list(std.columns)
