@@ -122,8 +122,7 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
                     panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
                     tile: int, overlap: int, context_norm: str | None = "global",
                     keep: list[int] | None = None, held_out: list[int] | None = None,
-                    seed: int = 0,
-                    progress: bool = True) -> dict:
+                    seed: int = 0, progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
   keep: the store channels used (observed or scored), or None for all; the rest are as if

@@ -16,8 +16,7 @@ from multichan_diff.train.export import read_meta
 def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              mode: str = "single", panel: list[str] | None = None,
              channels: list[str] | None = None, held_out: list[str] | None = None,
-             samples: int = 8,
-             sampler: str = "ddim", steps: int | None = None, seed: int = 0,
+             samples: int = 8, sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
              continuous_draws: bool = False, overwrite: bool = False) -> dict:
