@@ -88,6 +88,8 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   per = report["methods"]["ridge"]["per_channel"]
   assert per["CD45"]["pearson"] is None and per["CD3"]["pearson"] is not None
   assert report["methods"]["ridge"]["mean"]["pearson"] > 0.1  # real structure is found
+  for method in report["methods"].values():  # every method has all three figures
+    assert np.isfinite(method["mean"]["spearman"]) and method["mean"]["rmse"] > 0
   for name in ("report.md", "per_channel.png", "examples.png"):
     assert (out / name).stat().st_size > 0
   assert "| CD3 |" in (out / "report.md").read_text()
