@@ -87,6 +87,25 @@ def test_one_step_decreases_the_generator_loss_on_a_fixed_batch():
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_alpha_weighs_the_fake_networks_term_and_the_config_is_adam_with_beta1_zero():
+  """The loss is linear in alpha, and a larger alpha lowers it by the weighted mean of
+  (y_real - y_fake)^2 / w; `distill`'s run takes config.distill's optimiser (b1 = 0)."""
+  from multichan_diff.default_config import get_config
+  from multichan_diff.train.trainer import distill_config
+  _, teacher = tiny_model(4)
+  perturb_params(teacher)
+  _, fake = tiny_model(4, seed=3)
+  perturb_params(fake, seed=4)
+  batch, key = _image_batch(), jax.random.key(5)
+  losses = [float(generator_loss_fn(SCHEDULE, SiDConfig(prediction="v", alpha=a))(
+      teacher, teacher, fake, batch, key)[0]) for a in (0.0, 0.5, 1.0)]
+  assert losses[2] < losses[0]
+  assert losses[1] == pytest.approx((losses[0] + losses[2]) / 2, rel=1e-4, abs=1e-6)
+  run = distill_config(get_config(), "teacher_dir")
+  assert run.optim.b1 == 0.0 and run.optim.learning_rate == run.distill.optim.learning_rate
+  assert run.train.steps == run.distill.train.steps and run.network == "generator"
+
+
 def _synthetic_cells(n, seed):
   """genes [n, 1, 1, 4] -> proteins [n, 1, 1, 2]: a linear map plus bimodal noise."""
   rng = np.random.default_rng(seed)
