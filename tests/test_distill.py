@@ -234,14 +234,35 @@ def _params(model_dir):
 
 
 def test_image_generator_evaluates_with_its_teachers_point_estimate(tmp_path, store_path,
-                                                                  image_model, capsys):
+                                                                  image_model, cells_model,
+                                                                  capsys):
   """The image path of a generator (tiles, views, per-FOV condition statistics): two SiD
   steps, then `evaluate --sampler onestep`. Its point estimate is the teacher's own from
-  the same noise; its draws are the generator's."""
-  assert main(["distill", "--model", image_model, "--config", f"{CONFIGS}/default.py:smoke",
-               "--workdir", str(tmp_path / "run"), f"--config.data.store={store_path}",
-               "--config.distill.train.steps=2", "--config.data.threads=2"]) == 0
+  the same noise; its draws are the generator's. A wrong teacher, store or run directory
+  is refused before anything is written."""
+  base = ["distill", "--config", f"{CONFIGS}/default.py:smoke", "--config.data.threads=2"]
+  run = ["--workdir", str(tmp_path / "run"), f"--config.data.store={store_path}"]
+  assert main(base + run + ["--model", image_model, "--config.distill.train.steps=2"]) == 0
   assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "g")]) == 0
+
+  other_teacher = str(tmp_path / "teacher_copy")
+  shutil.copytree(image_model, other_teacher)
+  refused = [  # (arguments, what the error names)
+      (["--model", str(tmp_path / "g"), "--workdir", str(tmp_path / "w"),
+        f"--config.data.store={store_path}"], (str(tmp_path / "g"), "'generator'")),
+      (["--model", image_model, "--workdir", str(tmp_path / "w"),
+        f"--config.data.store={cells_model[1]}"], (str(cells_model[1]), "channels differ")),
+      (["--model", other_teacher] + run, (str(tmp_path / "run"), "another teacher")),
+  ]
+  steps = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+  capsys.readouterr()
+  for args, names in refused:
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert all(n in err for n in names), (names, err)
+  assert not (tmp_path / "w").exists()
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == steps
+
   common = ["--store", store_path, "--mode", "single", "--held-out", "CD3,VIM", "--samples",
             "2", "--views", "2"]
   assert main(["evaluate", "--model", str(tmp_path / "g"), "--sampler", "onestep",

@@ -160,8 +160,8 @@ def setup_distill(config: ml_collections.ConfigDict) -> Setup:
   d = config.distill
   teacher, meta = load_model(d.teacher)
   if meta.get("network", "diffusion") != "diffusion":
-    raise ValueError(f"{d.teacher}: distillation needs a diffusion model, not a "
-                     f"{meta['network']}")
+    raise ValueError(f"{d.teacher}: its network is '{meta['network']}'; distillation needs "
+                     f"an exported diffusion model")
   attrs = _store_attrs(config)
   for key, default in (("channels", None), ("genes", None), ("space", "pixel")):
     if attrs.get(key, default) != meta.get(key, default):
