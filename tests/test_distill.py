@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import anndata
@@ -167,7 +168,10 @@ def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, c
           "--config.data.threads=2"]
   assert main(base + ["--workdir", str(tmp_path / "a")]) == 0
   assert main(base + ["--workdir", str(tmp_path / "b"), "--config.distill.train.steps=3"]) == 0
+  capsys.readouterr()
   assert main(base + ["--workdir", str(tmp_path / "b")]) == 0  # resumes at 3, runs to 6
+  assert re.search(r"\r6/6 \[#{24}\] loss -?[\d.]+ [\d.]+ steps/s\n",
+                   capsys.readouterr().err)  # the progress bar
   metrics = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
   assert metrics[-1]["step"] == 6
   assert all(np.isfinite(metrics[-1][k]) for k in ("val_loss", "loss", "fake_loss",
