@@ -86,7 +86,7 @@ def _export(args) -> dict:
 
 def _impute(args) -> dict:
   from multichan_diff.impute.posterior import model_dirs
-  from multichan_diff.train.export import read_meta
+  from multichan_diff.train.model_dir import read_meta
   common = dict(samples=args.samples, sampler=args.sampler, steps=args.steps, seed=args.seed,
                 point=args.point, views=args.views, overwrite=args.overwrite)
   if read_meta(model_dirs(args.model)[0])["kind"] == "cells":

@@ -233,7 +233,7 @@ def test_distill_cli_resumes_exactly_exports_and_samples_in_one_step(tmp_path, c
 
 
 def _params(model_dir):
-  from multichan_diff.train.export import load_model
+  from multichan_diff.train.model_dir import load_model
   return nnx.state(load_model(str(model_dir))[0], nnx.Param)
 
 

@@ -19,7 +19,7 @@ from multichan_diff.impute import tiling
 from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.impute.images import observed_channels, sample_image
 from multichan_diff.impute.posterior import Posterior, load_posterior
-from multichan_diff.train.export import read_meta
+from multichan_diff.train.model_dir import read_meta
 
 
 @pytest.mark.parametrize("size,tile,overlap", [(64, 16, 4), (70, 16, 4), (16, 16, 0), (50, 32, 8)])
@@ -242,7 +242,7 @@ def test_blended_images_stay_exactly_in_the_data_range():
 def test_draws_of_counts_under_half_a_count_are_zero(image_model):
   # Data of whole counts: no blended draw lies between zero counts and half a count; the
   # rest of the draws, and the point estimate, are as sampled.
-  from multichan_diff.impute.images import zero_below
+  from multichan_diff.train.model_dir import zero_below
   meta = read_meta(image_model)
   below = zero_below(meta)
   post = load_posterior(image_model, samples=2, steps=2)[0]

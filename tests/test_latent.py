@@ -112,7 +112,7 @@ def test_latent_store_train_evaluate_and_impute(tmp_path, store_path, autoencode
   np.testing.assert_allclose(train.std((0, 1, 2)), 1, atol=1e-2)
   assert np.array(attrs["fov_mean"]).shape == (len(pixel["fovs"]), c * k)
   # Undoing the standardisation and decoding gives the autoencoder's own reconstruction.
-  from multichan_diff.train.export import load_model
+  from multichan_diff.train.model_dir import load_model
   ae, _ = load_model(str(ae_dir))
   codec = LatentCodec(ae, LatentStats.from_dict(attrs["latent"]))
   src = StoreSource(store_path, None)

@@ -17,7 +17,7 @@ import pytest
 from helpers import DATA, needs_data
 from multichan_diff.cli import main
 from multichan_diff.train.checkpoint import Checkpoints
-from multichan_diff.train.export import load_model
+from multichan_diff.train.model_dir import load_model
 from multichan_diff.train.trainer import NonFiniteLoss, setup, train_and_evaluate
 
 pytestmark = needs_data

@@ -48,7 +48,7 @@ def encode_store(autoencoder_dir: str, store_path: str, out: str, *, batch_size:
                  overwrite: bool = False) -> dict:
   """Writes the latent store of `store_path`'s tiles and returns a summary."""
   import jax
-  from multichan_diff.train.export import load_model
+  from multichan_diff.train.model_dir import load_model
   store.check_writable(out, overwrite)
   ae, meta = load_model(autoencoder_dir)
   if meta.get("network") != "autoencoder":

@@ -10,7 +10,7 @@ import numpy as np
 from multichan_diff.data import panels, store
 from multichan_diff.evaluate import report
 from multichan_diff.impute.posterior import load_posterior, model_dirs
-from multichan_diff.train.export import read_meta
+from multichan_diff.train.model_dir import read_meta
 
 
 def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
@@ -20,7 +20,7 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
              continuous_draws: bool = False, overwrite: bool = False) -> dict:
-  from multichan_diff.train.export import load_model
+  from multichan_diff.train.model_dir import load_model
   store.check_writable(out, overwrite)
   attrs = store.read_attributes(store_path)
   dirs = model_dirs(model_dir)  # several: an ensemble

@@ -14,37 +14,11 @@ import numpy as np
 
 from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
-from multichan_diff.data.transforms import FOV_NORMS, Normalizer
+from multichan_diff.data.transforms import FOV_NORMS
 from multichan_diff.impute import tiling
 from multichan_diff.impute.posterior import Posterior, load_posterior
 from multichan_diff.train.metrics import Progress
-
-
-def model_normalizer(meta: dict) -> Normalizer:
-  """The model's per-channel normaliser; a union model takes each channel's from the first
-  panel that measured it (the one its training samples of that channel came from)."""
-  if "normalizer" in meta:
-    return Normalizer.from_dict(meta["normalizer"])
-  parts = meta["union_of"]
-  if len({(p["normalizer"]["kind"], p["normalizer"]["cofactor"]) for p in parts}) > 1:
-    raise ValueError("the union's panels were normalised with different transforms")
-  fields: dict[str, list[float]] = {"clip": [], "mean": [], "std": []}
-  for c in range(len(meta["channels"])):
-    part = next(p for p in parts if c in p["channel_index"])
-    j = part["channel_index"].index(c)
-    for k in fields:
-      fields[k].append(part["normalizer"][k][j])
-  n0 = parts[0]["normalizer"]
-  return Normalizer(n0["kind"], n0["cofactor"], **fields)
-
-
-def zero_below(meta: dict) -> np.ndarray | None:
-  """[C] normalised value of half the smallest positive value of the model's data (one
-  count over a bin's pixels, `count_step`), or None when the data were not whole counts."""
-  step = meta.get("count_step")
-  if not step:
-    return None
-  return model_normalizer(meta).forward(np.full(len(meta["channels"]), step / 2, np.float32))
+from multichan_diff.train.model_dir import model_normalizer
 
 
 def sample_image(posterior: Posterior, image: np.ndarray, observed: np.ndarray, *, tile: int,

@@ -43,6 +43,9 @@ from multichan_diff.diffusion.schedules import Schedule
 from multichan_diff.data.transforms import dihedral, fov_stats
 from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.model.latent import LatentCodec
+from multichan_diff.train.model_dir import (load_codec, load_model, load_prediction,
+                                            load_schedule, load_teacher, model_normalizer,
+                                            read_meta, zero_below)
 
 
 POINT_ESTIMATES = ("denoiser", "samples")
@@ -291,7 +294,6 @@ def load_posterior(model: str | Sequence[str], *, sampler: str = "ddim",
   sees as many orientations as share the samples evenly (the largest of 1, 2, 4, 8 that
   divides them), others one. continuous_draws: images of whole counts keep draws under half
   a count as sampled (see `impute.images.sample_image`)."""
-  from multichan_diff.train.export import read_meta
   dirs = model_dirs(model)
   if len(dirs) > 1:
     check_members([read_meta(d) for d in dirs], dirs)
@@ -305,9 +307,6 @@ def load_posterior(model: str | Sequence[str], *, sampler: str = "ddim",
 
 def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, views,
               continuous_draws) -> tuple[Posterior, dict]:
-  from multichan_diff.impute.images import model_normalizer, zero_below
-  from multichan_diff.train.export import (load_codec, load_model, load_prediction,
-                                           load_schedule, load_teacher)
   model, meta = load_model(model_dir)
   network = meta.get("network", "diffusion")
   if network == "autoencoder":

@@ -1,15 +1,5 @@
-"""Export a trained run as a self-contained model directory, and load it back.
-
-MODEL_DIR/params   the EMA parameters (orbax)
-MODEL_DIR/model.json  model config, diffusion schedule, channel panel (and genes), the
-                    store's normalisation, the tile size: everything imputation needs
-                    without the training store.
-MODEL_DIR/autoencoder  a latent-space model's tile autoencoder (itself an exported model),
-                    with the latents' standardisation in model.json's `latent`.
-MODEL_DIR/teacher_params  a distilled generator's teacher (orbax, the generator's
-                    architecture): its x0 estimate from pure noise is the point estimate
-                    beside the generator's draws.
-"""
+"""Export a trained run as a self-contained model directory (its layout and how it is
+read back: `train.model_dir`)."""
 
 from __future__ import annotations
 
@@ -17,18 +7,14 @@ import json
 import os
 import shutil
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from flax import nnx
 
 from multichan_diff.data import store
 from multichan_diff.data.transforms import typical_fov_stats
-from multichan_diff.diffusion.schedules import Schedule, get_schedule
-from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
-
-TEACHER_PARAMS = "teacher_params"
+from multichan_diff.train.model_dir import TEACHER_PARAMS, read_meta
+from multichan_diff.train.trainer import setup
 NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
                       "union_of", "count_step")
 
@@ -37,7 +23,6 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
                  step: int | None = None) -> dict:
   """Writes a checkpoint's EMA parameters and metadata to `out`: the latest, or `step`
   (one chosen on the validation split)."""
-  from multichan_diff.train.trainer import setup
   store.check_writable(out, overwrite)
   ckpts = Checkpoints(workdir)
   steps = ckpts.all_steps()
@@ -92,61 +77,3 @@ def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, str | None]:
     read_meta(autoencoder)  # still there and readable
     meta.update(space="latent", latent=latent)
   return meta, autoencoder
-
-
-def read_meta(model_dir: str) -> dict:
-  """model.json of an exported model, with a clear error when it is not one."""
-  try:
-    with open(os.path.join(model_dir, "model.json")) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{model_dir}: not an exported model (model.json unreadable: {e})") from e
-
-
-def load_model(model_dir: str):
-  """-> (model with the exported EMA parameters, metadata dict): the diffusion model, or
-  the tile autoencoder when model.json says `"network": "autoencoder"`."""
-  meta = read_meta(model_dir)
-  if meta.get("network") == "autoencoder":
-    from multichan_diff.model.autoencoder import AutoencoderConfig, build_autoencoder
-    model = build_autoencoder(AutoencoderConfig.from_mapping(meta["model"]))
-  else:
-    model = build_model(ModelConfig.from_mapping(meta["model"]))
-  return _restored(model, os.path.join(model_dir, "params")), meta
-
-
-def load_teacher(model_dir: str, meta: dict):
-  """A distilled generator's teacher network, or None when the export carries none (a
-  diffusion model, or a generator exported before teachers were written beside it)."""
-  path = os.path.join(model_dir, TEACHER_PARAMS)
-  if meta.get("network") != "generator" or not os.path.isdir(path):
-    return None
-  return _restored(build_model(ModelConfig.from_mapping(meta["model"])), path)
-
-
-def _restored(model, path: str):
-  params = nnx.state(model, nnx.Param)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-  nnx.update(model, ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract))
-  model.eval()  # dropout off: imputation is a function of the noise draws alone
-  return model
-
-
-def load_codec(model_dir: str, meta: dict):
-  """A latent-space model's `LatentCodec` (its autoencoder and latent standardisation);
-  None for a pixel-space model."""
-  if meta.get("space", "pixel") != "latent":
-    return None
-  from multichan_diff.model.latent import LatentCodec, LatentStats
-  autoencoder, _ = load_model(os.path.join(model_dir, "autoencoder"))
-  return LatentCodec(autoencoder, LatentStats.from_dict(meta["latent"]))
-
-
-def load_schedule(meta: dict) -> Schedule:
-  """The noise schedule the exported model was trained with."""
-  return get_schedule(meta["schedule"]["name"], meta["schedule"]["num_steps"])
-
-
-def load_prediction(meta: dict) -> str:
-  """What the exported network outputs: "eps" or "v"."""
-  return meta["schedule"].get("prediction", "eps")

@@ -27,6 +27,7 @@ from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
 from multichan_diff.train.metrics import MetricWriter, Progress
+from multichan_diff.train.model_dir import load_model, load_prediction, load_schedule, read_meta
 from multichan_diff.train.sharding import batch_sharding, jit_train_step, make_mesh
 from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
 
@@ -156,7 +157,6 @@ def setup_autoencoder(config: ml_collections.ConfigDict) -> Setup:
 def setup_distill(config: ml_collections.ConfigDict) -> Setup:
   """SiD of the exported model `config.distill.teacher`, on the store it was trained on."""
   from multichan_diff.distill.sid import SiDConfig, init_sid_state, make_sid_step
-  from multichan_diff.train.export import load_model, load_prediction, load_schedule
   d = config.distill
   teacher, meta = load_model(d.teacher)
   if meta.get("network", "diffusion") != "diffusion":
@@ -252,7 +252,6 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def distill(config: ml_collections.ConfigDict, teacher: str, workdir: str) -> dict:
   """Distils the exported diffusion model `teacher` into a one-step generator (SiD)."""
   from multichan_diff.distill.sid import SiDConfig, generator_mse_fn
-  from multichan_diff.train.export import load_prediction, load_schedule, read_meta
   maybe_initialize_distributed()
   s = setup_distill(distill_config(config, teacher))
   meta = read_meta(teacher)
