@@ -20,7 +20,8 @@ def _prepare_images(args) -> dict:
       bin_size=args.bin, bin_how=args.bin_how, transform=args.transform, cofactor=args.cofactor,
       clip_percentile=args.clip_percentile, test_fovs=_names(args.test_fovs),
       val_fovs=_names(args.val_fovs), min_signal=args.min_signal, dtype=args.dtype,
-      zero_nonfinite=args.zero_nonfinite, overwrite=args.overwrite)
+      zero_nonfinite=args.zero_nonfinite, drop_channels=_names(args.drop_channels),
+      overwrite=args.overwrite)
 
 
 def _prepare_citeseq(args) -> dict:
@@ -29,7 +30,7 @@ def _prepare_citeseq(args) -> dict:
       args.input, args.out, protein_key=args.protein_key, layer=args.layer, genes=args.genes,
       rna_norm=args.rna_norm, protein_norm=args.protein_norm, test_fraction=args.test_fraction,
       val_fraction=args.val_fraction, split_by=args.split_by, seed=args.seed,
-      overwrite=args.overwrite)
+      drop_channels=_names(args.drop_channels), overwrite=args.overwrite)
 
 
 def _prepare_union(args) -> dict:
@@ -172,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
   im.add_argument("--dtype", choices=("float32", "bfloat16", "uint16"), default="float32",
                   help="uint16 stores keep raw counts, normalised when read")
   im.add_argument("--zero-nonfinite", action="store_true", help="set NaN / Inf pixels to 0")
+  im.add_argument("--drop-channels", metavar="NAME,...",
+                  help="channels to leave out of the panel (exact names): an empty channel, "
+                       "or one of two that match one marker")
   im.add_argument("--overwrite", action="store_true")
   im.set_defaults(func=_prepare_images)
 
@@ -188,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
   cs.add_argument("--val-fraction", type=float, default=0.1)
   cs.add_argument("--split-by", help="obs column whose groups go whole to the test split")
   cs.add_argument("--seed", type=int, default=0)
+  cs.add_argument("--drop-channels", metavar="NAME,...",
+                  help="proteins to leave out (exact names): an isotype control, or one of "
+                       "two clones of one marker")
   cs.add_argument("--overwrite", action="store_true")
   cs.set_defaults(func=_prepare_citeseq)
 
