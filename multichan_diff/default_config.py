@@ -14,6 +14,10 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # diffusion: the conditional diffusion model; regressor: the same network trained by
+  # masked MSE to the missing channels (deterministic; the baseline row of every report,
+  # and the mean a residual diffusion model adds its samples to: diffusion.residual_of).
+  config.network = "diffusion"
   # pixel: diffuse the tiles themselves; latent: a store of autoencoder latents from
   # `multichan-diff prepare latent` (k features per channel, 16x16 for 64x64 tiles).
   config.space = "pixel"
@@ -53,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       prediction="v",             # v | eps: what the network outputs (see schedules.py)
       mask_p=(0.1, 0.9),          # per-sample p of observing each present channel
       point_fraction=0.0,         # share of each batch at t = T - 1 (the point estimate)
+      residual_of="",             # an exported regressor: learn x0 - its mean (CorrDiff)
   ))
 
   config.optim = ml_collections.ConfigDict(dict(  # make_optimizer's arguments

@@ -1,4 +1,5 @@
-"""The epsilon-prediction objective (the paper's eq. 5) with present / observed masks.
+"""The objectives: the diffusion loss (the paper's eq. 5, eps or v) and the masked
+regression loss, both with present / observed masks.
 
 A batch is a dict of arrays. Images: `x0` [B, H, W, C], `present` [B, C] (channels the
 sample's dataset measured), `observed` [B, C] (the random mask; the condition is x0 on
@@ -54,9 +55,38 @@ def loss_weight(present: jax.Array, observed: jax.Array, loss_on: str) -> jax.Ar
   return w
 
 
+def regress(model, cond: jax.Array, cond_mask: jax.Array, shape) -> jax.Array:
+  """A regressor's x0 [B, H, W, C] from the condition alone, one call at t = 0.
+
+  Where the condition is the target panel itself (images), D reads it as its input, so the
+  UNet sees the observed channels directly (a masked U-Net regressor) and E beside it;
+  where the condition is another modality (cells: genes), D's input is zeros.
+  """
+  own_panel = model.cfg.cond_channels is None
+  x_in = cond if own_panel else jnp.zeros(shape, cond.dtype)
+  return model(x_in, jnp.zeros(shape[:1], jnp.float32), cond, cond_mask)
+
+
+def get_regression_loss_fn() -> Callable[..., Any]:
+  """-> loss_fn(model, batch, key) -> (loss, metrics): the MSE of `regress` to x0 on the
+  present, missing channels (observed ones are the input, returned as they are)."""
+
+  def loss_fn(model, batch: Batch, key: jax.Array):
+    del key  # deterministic
+    x0 = batch["x0"]
+    cond, cond_mask, observed = condition_of(batch)
+    present = batch.get("present", jnp.ones(observed.shape, bool))
+    loss = masked_mse(regress(model, cond, cond_mask, x0.shape), x0,
+                      loss_weight(present, observed, "missing"))
+    return loss, {"loss": loss}
+
+  return loss_fn
+
+
 def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps",
                 t_range: tuple[int, int] | None = None,
-                point_fraction: float = 0.0) -> Callable[..., Any]:
+                point_fraction: float = 0.0,
+                mean_fn: Callable[..., jax.Array] | None = None) -> Callable[..., Any]:
   """-> loss_fn(model, batch, key) -> (loss, metrics).
 
   `model(x_t, t, cond, cond_mask)` predicts eps or v (`prediction`, see
@@ -69,6 +99,9 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps
   point_fraction: the expected share of the batch put at t = T - 1 instead, where x_t is
   pure noise and the v-loss is the MSE of the point estimate (`impute.posterior`) to x0:
   uniform t visits that step once in T draws.
+  mean_fn: (cond, cond_mask, shape) -> mu [B, H, W, C], a frozen regressor's mean: the
+  model then learns the residual x0 - mu (CorrDiff's residual diffusion), a sample being
+  mu + a residual sample.
   """
   if not 0.0 <= point_fraction < 1.0:
     raise ValueError(f"point_fraction must be in [0, 1), got {point_fraction}")
@@ -79,6 +112,9 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps
 
   def loss_fn(model, batch: Batch, key: jax.Array):
     x0 = batch["x0"]
+    cond, cond_mask, observed = condition_of(batch)
+    if mean_fn is not None:
+      x0 = x0 - jax.lax.stop_gradient(mean_fn(cond, cond_mask, x0.shape))
     k_t, k_eps = jax.random.split(key)
     t = jax.random.randint(k_t, (x0.shape[0],), *t_lo_hi)
     if point_fraction:
@@ -86,7 +122,6 @@ def get_loss_fn(schedule: Schedule, loss_on: str = "all", prediction: str = "eps
                     schedule.num_steps - 1, t)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = q_sample(schedule, x0, t, eps)
-    cond, cond_mask, observed = condition_of(batch)
     out = model(x_t, t.astype(jnp.float32), cond, cond_mask)
     present = batch.get("present", jnp.ones(observed.shape, bool))
     weight = loss_weight(present, observed, loss_on)

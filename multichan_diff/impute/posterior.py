@@ -21,6 +21,10 @@ chains in those units: observed channels are standardised with their FOV's own s
 and the missing channels come back to the dataset's units with the training FOVs' average
 (`target_stats`; see `data.transforms.typical_fov_stats`).
 
+A residual diffusion model (CorrDiff's) runs its chains on x0 minus its regressor's mean
+mu(c): each sample is mu + a residual sample, the point estimate mu + the residual's. A
+regressor alone is a posterior with no spread: every draw is its output mu(c).
+
 A latent-space model (a `LatentCodec`) takes and returns pixels all the same: tiles are
 encoded, the chains and the point estimate run on the latents (k per channel, the observed
 channels' clamped), and everything is decoded, observed channels then set to their input.
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from multichan_diff.diffusion.losses import regress
 from multichan_diff.diffusion.masking import mask_condition
 from multichan_diff.diffusion.samplers import DEFAULT_STEPS, get_sampler, sample_posterior
 from multichan_diff.diffusion.schedules import Schedule
@@ -44,8 +49,8 @@ from multichan_diff.data.transforms import dihedral, fov_stats
 from multichan_diff.impute.ensemble import Ensemble, check_members
 from multichan_diff.model.latent import LatentCodec
 from multichan_diff.train.model_dir import (load_codec, load_model, load_prediction,
-                                            load_schedule, load_teacher, model_normalizer,
-                                            read_meta, zero_below)
+                                            load_regressor, load_schedule, load_teacher,
+                                            model_normalizer, read_meta, zero_below)
 
 
 POINT_ESTIMATES = ("denoiser", "samples")
@@ -75,6 +80,8 @@ class Posterior:
   target_stats: (mean [C], std [C]) of the training FOVs for a model trained on per-FOV
   standardised targets, or None.
   views: 1, 2, 4 or 8 orientations of each image tile, num_samples / views draws each.
+  regressor: a residual model's regressor, whose mean the chains are added to; or, with
+  `model` None, the model itself (every draw its output).
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
@@ -83,8 +90,10 @@ class Posterior:
                prediction: str = "eps", point: str = "denoiser",
                codec: LatentCodec | None = None, t_init: int | None = None,
                teacher=None, target_stats: tuple[np.ndarray, np.ndarray] | None = None,
-               views: int = 1, zero_below: np.ndarray | None = None):
+               views: int = 1, zero_below: np.ndarray | None = None, regressor=None):
     get_sampler(sampler)
+    if model is None and (regressor is None or codec is not None):
+      raise ValueError("a posterior needs a diffusion model, or a pixel-space regressor")
     if zero_below is not None and x0_range is None:
       raise ValueError("zero_below needs the data's floor (x0_range)")
     self.zero_below = zero_below
@@ -101,7 +110,8 @@ class Posterior:
                          "give the teacher, or take the mean of the draws (point 'samples')")
       sampler_kw = {"t_init": int(t_init)}
     self.point = point
-    self.steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    self.steps = (0 if model is None else
+                  DEFAULT_STEPS[sampler] if steps is None else int(steps))
     if sampler == "onestep" and self.steps != 1:
       raise ValueError(f"the one-step sampler takes 1 step, not {self.steps}")
     self.num_samples, self.batch_size = int(num_samples), int(batch_size)
@@ -112,8 +122,9 @@ class Posterior:
                        f"({self.num_samples}), got {views}")
     self.views = views
     draws = self.num_samples // views  # per view
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(model) if model is not None else (None, None)
     t_graphdef, t_state = nnx.split(teacher) if teacher is not None else (None, None)
+    r_graphdef, r_state = nnx.split(regressor) if regressor is not None else (None, None)
     self.codec = codec
     ae_state = None
     if codec is not None:
@@ -121,9 +132,13 @@ class Posterior:
       stats = codec.stats
       latent_codec = lambda ae_state: LatentCodec(nnx.merge(ae_graphdef, ae_state), stats)
       latent_range = (jnp.asarray(stats.lo), jnp.asarray(stats.hi))
-    self._state = (state, ae_state, t_state)  # the sampled network, autoencoder, teacher
+    # the sampled network, autoencoder, teacher, regressor
+    self._state = (state, ae_state, t_state, r_state)
 
-    def run(states, key, cond, cond_mask, shape, **known):
+    def clamp(x, x_known, known):
+      return x if known is None else jnp.where(known[:, None, None, :], x_known, x)
+
+    def chains(states, key, cond, cond_mask, shape, **known):
       m = nnx.merge(graphdef, states[0])
       k_chain, k_point = jax.random.split(key)
       common = dict(num_samples=draws, prediction=prediction, **known)
@@ -135,6 +150,20 @@ class Posterior:
       one = sample_posterior(denoiser, schedule, k_point, cond, cond_mask, shape,
                              sampler="ddim", steps=1, **common)
       return out["samples"], one["mean"]
+
+    def run(states, key, cond, cond_mask, shape, x_known=None, known=None, x0_range=None):
+      if states[3] is None:
+        return chains(states, key, cond, cond_mask, shape, x_known=x_known, known=known,
+                      x0_range=x0_range)
+      mu = regress(nnx.merge(r_graphdef, states[3]), cond, cond_mask, shape)  # [B, H, W, C]
+      if states[0] is None:  # the regressor alone
+        mu = clamp(mu, x_known, known)
+        return jnp.broadcast_to(mu, (draws,) + mu.shape), mu
+      residual_known = None if known is None else x_known - mu
+      bounds = None if x0_range is None else tuple(jnp.asarray(b) - mu for b in x0_range)
+      samples, mean = chains(states, key, cond, cond_mask, shape, x_known=residual_known,
+                             known=known, x0_range=bounds)
+      return clamp(samples + mu, x_known, known), clamp(mean + mu, x_known, known)
 
     def images(states, key, x, observed, shift, scale):
       if codec is None and target_stats is None:
@@ -324,11 +353,15 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
   if views is None:
     views = 1 if cells or meta.get("space") == "latent" else max(
         v for v in VIEWS if samples % v == 0)
+  regression = network == "regressor"
   posterior = Posterior(
-      model, load_schedule(meta), sampler=sampler, steps=steps, num_samples=samples,
+      None if regression else model, None if regression else load_schedule(meta),
+      sampler=sampler, steps=steps, num_samples=samples,
       batch_size=batch_size or (256 if cells else 16),
       x0_range=None if cells else model_normalizer(meta).bounds(),
-      prediction=load_prediction(meta), point=point, codec=load_codec(model_dir, meta),
-      t_init=meta.get("t_init"), teacher=teacher, target_stats=meta.get("target_stats"),
-      views=views, zero_below=None if cells or continuous_draws else zero_below(meta))
+      prediction="eps" if regression else load_prediction(meta), point=point,
+      codec=load_codec(model_dir, meta), t_init=meta.get("t_init"), teacher=teacher,
+      target_stats=meta.get("target_stats"), views=views,
+      zero_below=None if cells or continuous_draws else zero_below(meta),
+      regressor=model if regression else load_regressor(model_dir, meta))
   return posterior, meta

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 from multichan_diff.data import store
 from multichan_diff.data.transforms import typical_fov_stats
 from multichan_diff.train.checkpoint import Checkpoints
-from multichan_diff.train.model_dir import TEACHER_PARAMS, read_meta
+from multichan_diff.train.model_dir import REGRESSOR, TEACHER_PARAMS, read_meta
 from multichan_diff.train.trainer import setup
 NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
                       "union_of", "count_step")
@@ -36,10 +36,10 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
   s = setup(ml_collections.ConfigDict(run["config"]))
   state = ckpts.restore(step, s.state)
   ckpts.close()
-  meta, autoencoder = _metadata(run, s.attrs, step)
+  meta, parts = _metadata(run, s.attrs, step)
   with store.atomic_dir(out, overwrite) as tmp:
-    if autoencoder:
-      shutil.copytree(autoencoder, os.path.join(tmp, "autoencoder"))
+    for name, source in parts.items():  # exported models it runs with, copied whole
+      shutil.copytree(source, os.path.join(tmp, name))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, "params"), state.ema)
     if meta["network"] == "generator":
@@ -50,30 +50,36 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
   return {"model_dir": os.path.abspath(out), "step": step}
 
 
-def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, str | None]:
-  """-> (model.json of a run's export, the autoencoder directory to copy in or None)."""
+def _metadata(run: dict, attrs: dict, step: int) -> tuple[dict, dict[str, str]]:
+  """-> (model.json of a run's export, {sub-directory: exported model to copy there}): a
+  latent model's `autoencoder`, a residual model's `regressor`."""
   network = run.get("network", "diffusion")
   if network == "generator":  # everything as the teacher's, and how to run the generator
     teacher = read_meta(run["teacher"])
     meta = {**teacher, "network": "generator", "step": step, "teacher": run["teacher"],
             "teacher_step": teacher.get("step"), "t_init": run["config"]["distill"]["t_init"]}
     latent = teacher.get("space") == "latent"
-    return meta, os.path.join(run["teacher"], "autoencoder") if latent else None
+    return meta, {"autoencoder": os.path.join(run["teacher"], "autoencoder")} if latent else {}
   meta = {"network": network, "model": run["model"], "channels": run["channels"],
           "kind": run["kind"], "step": step,
           **{k: attrs[k] for k in NORMALISATION_KEYS if k in attrs}}
-  if network == "diffusion":
-    diffusion = run["config"]["diffusion"]
-    meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"), schedule={
-        "name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
-        "prediction": diffusion.get("prediction", "eps")})
+  parts = {}
+  if network in ("diffusion", "regressor"):
+    meta.update(genes=run.get("genes"), context_norm=run.get("context_norm"))
     if run.get("context_norm") == "fov_targets":  # how outputs get back to the data's units
       meta["target_stats"] = typical_fov_stats(attrs, run.get("train_splits", ("train",)))
-  autoencoder = None
+  if network == "diffusion":
+    diffusion = run["config"]["diffusion"]
+    meta["schedule"] = {"name": diffusion["schedule"], "num_steps": diffusion["num_steps"],
+                        "prediction": diffusion.get("prediction", "eps")}
+    if run.get("residual_of"):
+      read_meta(run["residual_of"])  # still there and readable
+      meta["residual"] = True  # samples are the regressor's mean + residual samples
+      parts[REGRESSOR] = run["residual_of"]
   if attrs.get("space") == "latent":
     latent = dict(attrs["latent"])
-    autoencoder = latent.pop("autoencoder")
+    parts["autoencoder"] = latent.pop("autoencoder")
     latent.pop("pixel_store", None)
-    read_meta(autoencoder)  # still there and readable
+    read_meta(parts["autoencoder"])  # still there and readable
     meta.update(space="latent", latent=latent)
-  return meta, autoencoder
+  return meta, parts

@@ -6,6 +6,8 @@ MODEL_DIR/model.json  model config, diffusion schedule, channel panel (and genes
                     without the training store.
 MODEL_DIR/autoencoder  a latent-space model's tile autoencoder (itself an exported model),
                     with the latents' standardisation in model.json's `latent`.
+MODEL_DIR/regressor  a residual diffusion model's regressor (itself an exported model),
+                    whose mean its samples are added to.
 MODEL_DIR/teacher_params  a distilled generator's teacher (orbax, the generator's
                     architecture): its x0 estimate from pure noise is the point estimate
                     beside the generator's draws.
@@ -29,6 +31,7 @@ from multichan_diff.diffusion.schedules import Schedule, get_schedule
 from multichan_diff.model import ModelConfig, build_model
 
 TEACHER_PARAMS = "teacher_params"
+REGRESSOR = "regressor"
 
 
 def read_meta(model_dir: str) -> dict:
@@ -50,6 +53,14 @@ def load_model(model_dir: str):
   else:
     model = build_model(ModelConfig.from_mapping(meta["model"]))
   return _restored(model, os.path.join(model_dir, "params")), meta
+
+
+def load_regressor(model_dir: str, meta: dict):
+  """A residual diffusion model's regressor network, or None for any other model."""
+  if not meta.get("residual"):
+    return None
+  regressor, _ = load_model(os.path.join(model_dir, REGRESSOR))
+  return regressor
 
 
 def load_teacher(model_dir: str, meta: dict):

@@ -22,7 +22,7 @@ from flax import nnx
 
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import StoreSource, make_dataset, make_iterator, to_global
-from multichan_diff.diffusion.losses import get_loss_fn
+from multichan_diff.diffusion.losses import get_loss_fn, get_regression_loss_fn, regress
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import Checkpoints
@@ -92,13 +92,19 @@ def _setup(config, attrs, mcfg, model, **run) -> Setup:
   return Setup(config, attrs, mcfg, graphdef, rest, state, tx, run)
 
 
+NETWORKS = ("diffusion", "regressor")  # what `train` trains (the others have their verbs)
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
-  """The diffusion model's run (or, for a run config of `autoencoder_config` or
-  `distill_config`, the autoencoder's or the distillation's)."""
-  if config.get("network") == "autoencoder":
+  """The diffusion model's or the regressor's run (or, for a run config of
+  `autoencoder_config` or `distill_config`, the autoencoder's or the distillation's)."""
+  network = config.get("network", "diffusion")
+  if network == "autoencoder":
     return setup_autoencoder(config)
-  if config.get("network") == "generator":
+  if network == "generator":
     return setup_distill(config)
+  if network not in NETWORKS:
+    raise ValueError(f"unknown network {network!r}; `train` trains one of {NETWORKS}")
   attrs = _store_attrs(config)
   space = config.get("space", "pixel")
   if attrs.get("space", "pixel") != space:
@@ -110,9 +116,39 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                      "takes 'fov' (the condition only) or 'global'")
   mcfg = model_config(config, attrs)
   run = {"space": space} if space != "pixel" else {}  # older runs have no key: pixel
+  if (network == "regressor" or residual_of(config)) and space != "pixel":
+    raise ValueError("the regressor and residual diffusion are for pixel-space and cell "
+                     "models; a latent model is a plain diffusion model")
+  if network == "regressor":
+    if residual_of(config):
+      raise ValueError("diffusion.residual_of is for a diffusion model, not a regressor")
+    run["network"] = "regressor"
+  elif residual_of(config):
+    run["residual_of"] = check_regressor(residual_of(config), attrs, config)
   return _setup(config, attrs, mcfg, build_model(mcfg, config.train.seed),
                 genes=attrs.get("genes"),
                 context_norm=context_norm(config) if attrs["kind"] == "images" else None, **run)
+
+
+def residual_of(config: ml_collections.ConfigDict) -> str:
+  """The exported regressor whose mean a residual diffusion model adds to, or ''."""
+  return config.diffusion.get("residual_of", "")
+
+
+def check_regressor(path: str, attrs: dict, config: ml_collections.ConfigDict) -> str:
+  """The absolute path of an exported regressor fit for this store and config."""
+  meta = read_meta(path)
+  if meta.get("network") != "regressor":
+    raise ValueError(f"{path}: its network is '{meta.get('network', 'diffusion')}'; "
+                     "diffusion.residual_of takes an exported regressor")
+  norm = context_norm(config) if attrs["kind"] == "images" else None
+  for key, ours in (("kind", attrs["kind"]), ("channels", attrs["channels"]),
+                    ("genes", attrs.get("genes")), ("context_norm", norm)):
+    if meta.get(key) != ours:
+      raise ValueError(f"{path}: the regressor's {key} differ from this run's "
+                       f"({config.data.store}, context_norm {norm!r}); train the regressor "
+                       "on the same store and settings")
+  return os.path.abspath(path)
 
 
 def _section_config(config: ml_collections.ConfigDict, section: str,
@@ -162,6 +198,9 @@ def setup_distill(config: ml_collections.ConfigDict) -> Setup:
   if meta.get("network", "diffusion") != "diffusion":
     raise ValueError(f"{d.teacher}: its network is '{meta['network']}'; distillation needs "
                      f"an exported diffusion model")
+  if meta.get("residual"):
+    raise ValueError(f"{d.teacher}: a residual diffusion model; distillation takes a plain "
+                     "diffusion model")
   attrs = _store_attrs(config)
   for key, default in (("channels", None), ("genes", None), ("space", "pixel")):
     if attrs.get(key, default) != meta.get(key, default):
@@ -185,6 +224,7 @@ def setup_distill(config: ml_collections.ConfigDict) -> Setup:
 def check_compatible(saved: dict, run: dict, workdir: str) -> None:
   """A checkpoint from another model or panel is a clear error, not a shape crash."""
   for key, what in (("network", "network"), ("space", "space"), ("model", "model config"),
+                    ("residual_of", "regressor (diffusion.residual_of)"),
                     ("channels", "channel panel"), ("genes", "gene list"),
                     ("context_norm", "context_norm"), ("teacher", "teacher"),
                     ("train_splits", "set of training splits")):
@@ -229,15 +269,33 @@ def _eval_batches(config, sharding, data_kw):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the diffusion model to `config.train.steps`, resuming from `workdir`; returns
-  the last metrics."""
+  """Trains the diffusion model (or the regressor) to `config.train.steps`, resuming from
+  `workdir`; returns the last metrics."""
   maybe_initialize_distributed()
   s = setup(config)
   diff = config.diffusion
+  data_kw = dict(mask_p=diff.mask_p, context_norm=context_norm(config))
+  if s.run.get("network") == "regressor":
+    return fit(s, workdir, get_regression_loss_fn(), data_kw)
   loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
                         diff.get("prediction", "eps"),
-                        point_fraction=diff.get("point_fraction", 0.0))
-  return fit(s, workdir, loss_fn, dict(mask_p=diff.mask_p, context_norm=context_norm(config)))
+                        point_fraction=diff.get("point_fraction", 0.0),
+                        mean_fn=_mean_fn(s.run["residual_of"]) if "residual_of" in s.run
+                        else None)
+  return fit(s, workdir, loss_fn, data_kw)
+
+
+def _mean_fn(regressor_dir: str):
+  """(cond, cond_mask, shape) -> the frozen regressor's mean, for the residual loss. Its
+  parameters enter the jitted step as host constants, so they take any mesh's sharding."""
+  model, _ = load_model(regressor_dir)
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(np.asarray, state)
+
+  def mean_fn(cond, cond_mask, shape):
+    return regress(nnx.merge(graphdef, state), cond, cond_mask, shape)
+
+  return mean_fn
 
 
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
