@@ -4,7 +4,8 @@
 import pytest
 
 from helpers import DATA, needs_data
-from multichan_diff.data.panels import NameMap, check_unique, match, normalize, union
+from multichan_diff.data.panels import (NameMap, check_names, drop, known, match, normalize,
+                                        union)
 from multichan_diff.data.readers import read_panel_csv
 
 
@@ -27,11 +28,39 @@ def test_match_uses_spelling_and_map_and_lists_the_panel_on_error():
     match(["ECAD"], panel)  # no map, no synonym
 
 
-def test_duplicates_are_rejected():
-  with pytest.raises(ValueError, match="'PD-1' and 'PD1' name the same marker"):
-    check_unique(["PD-1", "CD3", "PD1"], "x.csv")
-  with pytest.raises(ValueError, match="name the same marker"):
-    check_unique(["ECAD", "E-cadherin"], "x.csv", MAP)
+def test_one_file_keeps_two_spellings_a_join_refuses_them():
+  check_names(["PD-1", "CD3", "PD1"], "x.csv")  # two clones of one marker: both kept
+  with pytest.raises(ValueError, match="x.csv: two channels are named 'CD3'"):
+    check_names(["CD3", "CD4", "CD3"], "x.csv")
+  with pytest.raises(ValueError, match="x.csv: channel name '--' has no letters or digits"):
+    check_names(["CD3", "--"], "x.csv")
+  with pytest.raises(ValueError, match="a.zarr: channels 'PD-1' and 'PD1' match one marker; "
+                                       "keep one of them \\(prepare with --drop-channels"):
+    union([["CD3"], ["PD-1", "CD3", "PD1"]], labels=["b.zarr", "a.zarr"])
+  with pytest.raises(ValueError, match="panel 0: channels 'ECAD' and 'E-cadherin' match one"):
+    union([["ECAD", "E-cadherin"], ["CD3"]], MAP)
+
+
+def test_matching_a_panel_with_two_spellings():
+  panel = ["PD-1", "CD3", "PD1"]
+  assert match(["PD1", "PD-1", "cd3"], panel) == [2, 0, 1]  # exact names pick
+  with pytest.raises(ValueError, match="'pd1' matches channels 'PD-1' and 'PD1' of the panel"):
+    match(["pd1"], panel)
+  # Two of a store's channels onto one of a model's: refused, naming both.
+  with pytest.raises(ValueError, match="channels 'PD1' and 'PD-1' both match 'PD1'; keep one "
+                                       "of them \\(prepare with --drop-channels 'PD-1'"):
+    known(panel[::-1], ["CD3", "PD1"])
+  assert known(["CD3", "PD-1"], ["PD1", "CD3"]) == {0: 1, 1: 0}
+
+
+def test_drop_names_exact_channels_and_lists_the_panel():
+  assert drop(["CD3", "PD-1", "PD1"], ["PD1"], "f.h5ad") == [0, 1]
+  assert drop(["CD3", "PD-1", "PD1"], ["CD3"], "f.h5ad", keep=[0, 2]) == [2]
+  with pytest.raises(ValueError, match=r"f.h5ad: --drop-channels \['pd1'\] not in the panel; "
+                                       "the panel is: CD3, PD-1, PD1"):
+    drop(["CD3", "PD-1", "PD1"], ["pd1"], "f.h5ad")
+  with pytest.raises(ValueError, match="f.h5ad: --drop-channels leaves no channel"):
+    drop(["CD3"], ["CD3"], "f.h5ad")
 
 
 def test_name_map_file(tmp_path):

@@ -121,3 +121,34 @@ def test_log1p_cp10k_closed_form():
   y = log1p_cp10k(x).toarray()
   np.testing.assert_allclose(y[0], np.log1p(x[0] / 4 * 1e4), rtol=1e-6)
   assert (y[1] == 0).all()
+
+
+def test_two_clones_of_one_marker_prepare_and_one_can_be_dropped(tmp_path, capsys):
+  a = anndata.read_h5ad(SMALL)
+  prot = a.obsm["protein_counts"].copy()
+  prot["PD1_TotalSeqB"] = prot["PD-1_TotalSeqB"] + 1  # a second clone, matched as PD-1
+  a.obsm["protein_counts"] = prot
+  path = tmp_path / "clones.h5ad"
+  a.write_h5ad(path)
+  base = ["prepare", "citeseq", "--input", str(path), "--genes", "hvg:50"]
+  assert main([*base, "--out", str(tmp_path / "both.zarr")]) == 0
+  both = store.read_attributes(str(tmp_path / "both.zarr"))["channels"]
+  assert both == list(prot.columns) and len(both) == 30  # each under its own name
+  x0 = store.open_array(str(tmp_path / "both.zarr"), "x0").read().result()[:, 0, 0]
+  raw = clr(prot.to_numpy())
+  for name in ("PD-1_TotalSeqB", "PD1_TotalSeqB"):
+    j = both.index(name)
+    assert np.corrcoef(x0[:, j], raw[:, j])[0, 1] > 0.999, name
+  assert main([*base, "--out", str(tmp_path / "one.zarr"), "--drop-channels",
+               "PD1_TotalSeqB,TIGIT_TotalSeqB"]) == 0
+  attrs = store.read_attributes(str(tmp_path / "one.zarr"))
+  assert attrs["channels"] == both[:28]  # PD-1 kept, its other clone and TIGIT not
+  assert attrs["dropped_channels"] == ["PD1_TotalSeqB", "TIGIT_TotalSeqB"]
+  assert store.open_array(str(tmp_path / "one.zarr"), "x0").shape == (200, 1, 1, 28)
+  capsys.readouterr()
+  assert main([*base, "--out", str(tmp_path / "bad.zarr"), "--drop-channels", "PD2"]) == 2
+  err = capsys.readouterr().err
+  assert "clones.h5ad (proteins): --drop-channels ['PD2'] not in the panel; the panel is: " \
+         "CD3_TotalSeqB, CD4_TotalSeqB" in err, err
+  assert not (tmp_path / "bad.zarr").exists()
+  assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

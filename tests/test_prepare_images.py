@@ -124,8 +124,14 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys):
   _cli_fails(base, capsys, "A.ome.tiff: the panel lists 2 channels but the image has 3")
   (d / "panel.csv").unlink()
 
-  _ome(d / "A.ome.tiff", img, ["CD3", "CD-3", "CD8"])
-  _cli_fails(base, capsys, "A.ome.tiff: channels 'CD3' and 'CD-3' name the same marker")
+  _ome(d / "A.ome.tiff", img, ["CD3", "CD3", "CD8"])
+  _cli_fails(base, capsys, "A.ome.tiff: two channels are named 'CD3'")
+  _cli_fails(base + ["--drop-channels", "CD20"], capsys,
+             "A.ome.tiff: --drop-channels ['CD20'] not in the panel; the panel is: CD3, CD3, CD8")
+  _ome(d / "A.ome.tiff", img, ["CD3", "CD4", "CD8"])
+  for stride in ("0", "-2", "17"):
+    _cli_fails(base + ["--stride", stride], capsys,
+               f"--stride {stride}: a stride must be >= 1 and <= the tile size (16)")
 
   nan = img.copy()
   nan[1, 4, 5] = np.nan
@@ -177,3 +183,48 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys):
   _cli_fails(base, capsys, "already exists; pass --overwrite")
   assert main(base + ["--overwrite", "--tile", "32"]) == 0
   assert store.open_array(str(out), "x0").shape == (1, 32, 32, 3)
+
+
+def test_drop_channels_before_anything_else(tmp_path, capsys):
+  from multichan_diff.data.synthetic import TissueModel, write_synthetic_tissue
+  d = tmp_path / "syn"
+  write_synthetic_tissue(str(d), num_fovs=2, model=TissueModel(num_channels=4, size=48))
+  base = ["prepare", "images", "--input", str(d), "--tile", "16", "--test-fovs", "FOV1"]
+  assert main([*base, "--out", str(tmp_path / "all.zarr")]) == 0
+  # An empty channel with NaNs would be refused; dropped, it is never read.
+  for f in ("FOV0", "FOV1"):
+    image = tifffile.imread(d / f"{f}.ome.tiff").astype(np.float32)
+    image[2] = np.nan
+    _ome(d / f"{f}.ome.tiff", image, ["DNA", "SYN1", "SYN2", "SYN3"])
+  (d / "panel.csv").unlink()
+  _cli_fails([*base, "--out", str(tmp_path / "x.zarr")], capsys, "NaN or Inf pixel(s)")
+  assert main([*base, "--out", str(tmp_path / "less.zarr"), "--drop-channels", "SYN2"]) == 0
+  attrs = store.read_attributes(str(tmp_path / "less.zarr"))
+  assert attrs["channels"] == ["DNA", "SYN1", "SYN3"] and attrs["dropped_channels"] == ["SYN2"]
+  full = store.open_array(str(tmp_path / "all.zarr"), "x0").read().result()
+  less = store.open_array(str(tmp_path / "less.zarr"), "x0").read().result()
+  np.testing.assert_allclose(less, full[..., [0, 1, 3]], rtol=1e-6)
+  # Folders of channel TIFFs: a dropped channel needs no file.
+  folders = tmp_path / "folders"
+  for f in ("FOV0", "FOV1"):
+    (folders / f).mkdir(parents=True)
+    for c, plane in zip(["DNA", "SYN1", "SYN3"], _but_third(d / f"{f}.ome.tiff")):
+      tifffile.imwrite(folders / f / f"{c}.tiff", plane)
+  (folders / "panel.csv").write_text("channel,name,keep\n0,DNA,1\n1,SYN1,1\n2,SYN2,1\n"
+                                     "3,SYN3,1\n")
+  _cli_fails([*base[:3], str(folders), *base[4:], "--out", str(tmp_path / "y.zarr")], capsys,
+             "no TIFF for panel channel(s) ['SYN2']")
+  assert main([*base[:3], str(folders), *base[4:], "--out", str(tmp_path / "f.zarr"),
+               "--drop-channels", "SYN2"]) == 0
+  np.testing.assert_allclose(store.open_array(str(tmp_path / "f.zarr"), "x0").read().result(),
+                             less, rtol=1e-6)
+  _cli_fails([*base, "--out", str(tmp_path / "z.zarr"), "--drop-channels", "SYN9"], capsys,
+             "FOV0.ome.tiff: --drop-channels ['SYN9'] not in the panel; the panel is: DNA, SYN1")
+  assert {p.name for p in tmp_path.iterdir()} == {"syn", "folders", "all.zarr", "less.zarr",
+                                                  "f.zarr"}
+
+
+def _but_third(path):
+  """The planes of an OME-TIFF but its third."""
+  image = tifffile.imread(path)
+  return [image[0], image[1], image[3]]

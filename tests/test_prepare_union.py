@@ -5,6 +5,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import tifffile
 
 from helpers import DATA, needs_data
 from multichan_diff.cli import main
@@ -113,3 +114,29 @@ def test_union_of_granuloma_and_dcis(tmp_path, capsys):
   expected = [[c for c, o in zip(got, s) if o] for s in observed_sets("multi", got)]
   assert multi["sets"] == expected and multi["mode"] == "multi"
   assert np.isfinite(multi["methods"]["model"]["mean"]["pearson"])
+
+
+def test_two_spellings_in_one_store_are_refused_when_joined(tmp_path, capsys):
+  """One file may hold `CD3` and `CD-3` (both kept); joined to another panel they would
+  meet as one channel, so the union names both and the option that chooses."""
+  image = np.random.default_rng(0).poisson(3.0, (3, 32, 32)).astype(np.uint16)
+  for name, channels in (("a", ["CD3", "CD-3", "CD8"]), ("b", ["CD3", "CD4", "CD8"])):
+    (tmp_path / name).mkdir()
+    tifffile.imwrite(tmp_path / name / "F.ome.tiff", image,
+                     metadata={"axes": "CYX", "Channel": {"Name": channels}})
+    assert main(["prepare", "images", "--input", str(tmp_path / name), "--out",
+                 str(tmp_path / f"{name}.zarr"), "--tile", "16"]) == 0
+  assert store.read_attributes(str(tmp_path / "a.zarr"))["channels"] == ["CD3", "CD-3", "CD8"]
+  capsys.readouterr()
+  union = ["prepare", "union", str(tmp_path / "b.zarr"), str(tmp_path / "a.zarr"), "--out",
+           str(tmp_path / "u.zarr")]
+  assert main(union) == 2
+  err = capsys.readouterr().err
+  assert "a.zarr: channels 'CD3' and 'CD-3' match one marker; keep one of them (prepare " \
+         "with --drop-channels 'CD-3', or the other)" in err, err
+  assert not (tmp_path / "u.zarr").exists()
+  assert main(["prepare", "images", "--input", str(tmp_path / "a"), "--out",
+               str(tmp_path / "a.zarr"), "--tile", "16", "--drop-channels", "CD-3",
+               "--overwrite"]) == 0
+  assert main(union) == 0
+  assert store.read_attributes(str(tmp_path / "u.zarr"))["channels"] == ["CD3", "CD4", "CD8"]

@@ -4,6 +4,10 @@ Names match case- and punctuation-insensitively (`HLA-DR` = `HLADR`, `PD-1` = `P
 an explicit name map adds synonyms that no spelling rule can find (`E-cadherin` = `ECAD`,
 `Keratin-pan` = `PanKRT`). A name map is a CSV file with a header `name,alias`; each row
 says that `alias` is another name of `name`, and `name` is the spelling a union keeps.
+
+Within one file two spellings of one marker (two antibody clones, `PD-1 (CD279)` and
+`PD1 (CD279)`) stay two channels under their own names; where panels are joined they
+would meet as one, so that is refused, naming both, until `--drop-channels` keeps one.
 """
 
 from __future__ import annotations
@@ -60,25 +64,82 @@ class NameMap:
     return self.canonical.get(normalize(name), name)
 
 
+def check_names(names: Sequence[str], where: str) -> None:
+  """Rejects a file's panel with an unusable or repeated name. Two spellings of one marker
+  (two antibody clones, `PD-1` and `PD1`) are kept: they only clash when panels are joined."""
+  seen: set[str] = set()
+  for n in names:
+    if not normalize(n):
+      raise ValueError(f"{where}: channel name {n!r} has no letters or digits")
+    if n in seen:
+      raise ValueError(f"{where}: two channels are named {n!r}; give them distinct names")
+    seen.add(n)
+
+
+def drop(names: Sequence[str], dropped: Sequence[str], where: str,
+         keep: Sequence[int] | None = None) -> list[int]:
+  """Indices of `names` (of those in `keep`, when given) left after removing `dropped`:
+  exact names, as they choose between spellings of one marker and remove isotype
+  controls and empty channels."""
+  unknown = [d for d in dropped if d not in names]
+  if unknown:
+    raise ValueError(f"{where}: --drop-channels {unknown} not in the panel; the panel is: "
+                     f"{', '.join(names)}")
+  gone = set(dropped)
+  left = [i for i in (range(len(names)) if keep is None else keep) if names[i] not in gone]
+  if not left:
+    raise ValueError(f"{where}: --drop-channels leaves no channel")
+  return left
+
+
+def _clash(a: str, b: str, where: str) -> ValueError:
+  return ValueError(f"{where}: channels {a!r} and {b!r} match one marker; keep one of them "
+                    f"(prepare with --drop-channels {b!r}, or the other)")
+
+
 def check_unique(names: Sequence[str], where: str, name_map: NameMap | None = None) -> None:
-  """Rejects a panel in which two channels share a matching key."""
+  """Rejects a panel to be joined with another in which two channels share a matching key."""
   name_map = name_map or NameMap()
+  check_names(names, where)
   seen: dict[str, str] = {}
   for n in names:
     k = name_map.key(n)
-    if not k:
-      raise ValueError(f"{where}: channel name {n!r} has no letters or digits")
     if k in seen:
-      raise ValueError(f"{where}: channels {seen[k]!r} and {n!r} name the same marker")
+      raise _clash(seen[k], n, where)
     seen[k] = n
 
 
 def known(names: Sequence[str], panel: Sequence[str],
           name_map: NameMap | None = None) -> dict[int, int]:
-  """{i: index into `panel`} for each of `names` that the panel has."""
+  """{i: index into `panel`} for each of `names` that the panel has.
+
+  An exact name wins; otherwise the name's key must pick one channel of the panel (a panel
+  may hold two spellings of one marker, `PD-1` and `PD1`, and then only exact names pick).
+  Two names that land on one channel are refused.
+  """
   name_map = name_map or NameMap()
-  index = {name_map.key(n): i for i, n in enumerate(panel)}
-  return {i: index[name_map.key(n)] for i, n in enumerate(names) if name_map.key(n) in index}
+  exact = {n: i for i, n in enumerate(panel)}
+  by_key: dict[str, list[int]] = {}
+  for i, n in enumerate(panel):
+    by_key.setdefault(name_map.key(n), []).append(i)
+  pos: dict[int, int] = {}
+  taken: dict[int, str] = {}  # panel index -> the name that took it
+  for i, n in enumerate(names):
+    if n in exact:
+      j = exact[n]
+    else:
+      hits = by_key.get(name_map.key(n), [])
+      if not hits:
+        continue
+      if len(hits) > 1:
+        raise ValueError(f"{n!r} matches channels {panel[hits[0]]!r} and {panel[hits[1]]!r} "
+                         "of the panel; name one exactly")
+      j = hits[0]
+    if j in taken:
+      raise ValueError(f"channels {taken[j]!r} and {n!r} both match {panel[j]!r}; keep one "
+                       f"of them (prepare with --drop-channels {n!r}, or the other)")
+    pos[i], taken[j] = j, n
+  return pos
 
 
 def match(requested: Sequence[str], panel: Sequence[str],
@@ -110,14 +171,17 @@ class Union:
     return [n for i, n in enumerate(self.names) if all(p[i] for p in self.present)]
 
 
-def union(panels: Sequence[Sequence[str]], name_map: NameMap | None = None) -> Union:
-  """Union of panels in order of first appearance; each panel must be free of duplicates."""
+def union(panels: Sequence[Sequence[str]], name_map: NameMap | None = None,
+          labels: Sequence[str] | None = None) -> Union:
+  """Union of panels in order of first appearance; within each panel (named by `labels` in
+  errors) no two channels may match one marker."""
   name_map = name_map or NameMap()
+  labels = labels or [f"panel {i}" for i in range(len(panels))]
   names: list[str] = []
   where: dict[str, int] = {}
   indices = []
   for i, panel in enumerate(panels):
-    check_unique(panel, f"panel {i}", name_map)
+    check_unique(panel, labels[i], name_map)
     idx = []
     for n in panel:
       k = name_map.key(n)

@@ -46,17 +46,20 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
                    clip_percentile: float = 99.9, test_fovs: Sequence[str] = (),
                    val_fovs: Sequence[str] = (), min_signal: float = 0.0,
                    dtype: str = "float32", zero_nonfinite: bool = False,
-                   overwrite: bool = False) -> dict:
-  """Writes the store and returns a summary (tiles per split, channels)."""
-  stride = stride or tile
-  if tile < 1 or stride < 1 or bin_size < 1:
-    raise ValueError("tile, stride and bin must be positive integers")
+                   drop_channels: Sequence[str] = (), overwrite: bool = False) -> dict:
+  """Writes the store and returns a summary (tiles per split, channels). `drop_channels`
+  leaves channels out of the panel before anything else reads them."""
+  if tile < 1 or bin_size < 1:
+    raise ValueError(f"--tile {tile}, --bin {bin_size}: tile and bin must be positive integers")
+  stride = tile if stride is None else stride
+  if not 1 <= stride <= tile:  # 0 would never move; more than a tile would skip pixels
+    raise ValueError(f"--stride {stride}: a stride must be >= 1 and <= the tile size ({tile})")
   counts = dtype == "uint16"
   if counts and bin_size > 1 and bin_how != "sum":
     raise ValueError("a uint16 store holds integer counts: bin with --bin-how sum")
   store.check_writable(out, overwrite)
   panel = readers.read_panel_csv(panel_csv) if panel_csv else None
-  fovs = readers.read_image_folder(input_dir, panel, zero_nonfinite)
+  fovs = readers.read_image_folder(input_dir, panel, zero_nonfinite, drop_channels)
   names = [f.name for f in fovs]
   for split_names, what in ((test_fovs, "test"), (val_fovs, "validation")):
     unknown = sorted(set(split_names) - set(names))
@@ -91,6 +94,7 @@ def prepare_images(input_dir: str, out: str, *, panel_csv: str | None = None, ti
   attrs = {
       "kind": "images", "channels": channels, "tile": tile, "stride": stride,
       "bin": bin_size, "bin_how": bin_how, "fovs": names,
+      "dropped_channels": list(drop_channels),
       "splits": {s: [n for n in names if split_of[n] == s] for s in SPLITS},
       "tile_fov": [names.index(r[0]) for r in records],
       "tile_origin": [[r[1], r[2]] for r in records],
@@ -142,7 +146,7 @@ def prepare_union(stores: Sequence[str], out: str, *, name_map: str | None = Non
       raise ValueError(f"{s}: holds raw counts (uint16); join float32 or bfloat16 stores")
     if a["tile"] != attrs[0]["tile"]:
       raise ValueError(f"{s}: tile {a['tile']} differs from {stores[0]}'s {attrs[0]['tile']}")
-  u = panels.union([a["channels"] for a in attrs], nmap)
+  u = panels.union([a["channels"] for a in attrs], nmap, labels=list(stores))
   names = u.shared if intersection else u.names
   if not names:
     raise ValueError(f"{', '.join(stores)}: the panels share no channel")

@@ -11,6 +11,7 @@ Gene selection `hvg:N`: the N genes of highest variance of log1p_cp10k over trai
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -102,13 +103,16 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
                     genes: str = "hvg:2000", rna_norm: str = "log1p_cp10k",
                     protein_norm: str = "clr", test_fraction: float = 0.2,
                     val_fraction: float = 0.1, split_by: str | None = None, seed: int = 0,
-                    overwrite: bool = False) -> dict:
+                    drop_channels: Sequence[str] = (), overwrite: bool = False) -> dict:
+  """Writes the store and returns a summary. `drop_channels` leaves proteins out (an
+  isotype control; one of two clones of a marker, which panels joined later would match
+  as one)."""
   if rna_norm != "log1p_cp10k":
     raise ValueError(f"unknown --rna-norm {rna_norm!r}; supported: log1p_cp10k")
   if protein_norm != "clr":
     raise ValueError(f"unknown --protein-norm {protein_norm!r}; supported: clr")
   store.check_writable(out, overwrite)
-  cells = readers.read_cells(input_path, protein_key, layer)
+  cells = readers.read_cells(input_path, protein_key, layer, drop_channels)
   n = len(cells.cell_ids)
   split = split_cells(n, cells.obs, test_fraction=test_fraction, val_fraction=val_fraction,
                       seed=seed, split_by=split_by)
@@ -127,6 +131,7 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
       "rna_norm": {"kind": rna_norm, "mean": g_mean.tolist(), "std": g_std.tolist()},
       "protein_norm": {"kind": protein_norm, "mean": p_mean.tolist(), "std": p_std.tolist()},
       "seed": seed, "split_by": split_by, "protein_key": protein_key, "layer": layer,
+      "dropped_channels": list(drop_channels),
       "sources": [{"path": os.path.abspath(input_path), "sha256": store.sha256(input_path)}],
   }
   with store.atomic_dir(out, overwrite) as tmp:

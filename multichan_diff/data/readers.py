@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
+
+from multichan_diff.data import panels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +127,11 @@ def _check_pixels(image, path: str, zero_nonfinite: bool = False) -> "np.ndarray
 
 
 def read_multichannel_tiff(path: str, panel: Panel | None = None,
-                           zero_nonfinite: bool = False) -> FOV:
+                           zero_nonfinite: bool = False, drop: Sequence[str] = ()) -> FOV:
   """An OME-TIFF (names from its metadata) or a multi-page TIFF named by `panel`.
 
   With a panel, `keep = 0` channels are dropped; for an OME-TIFF the panel's names must
-  agree with the metadata.
+  agree with the metadata. `drop` names more channels to leave out.
   """
   image, axes, ome = _read_tiff(path)
   if image.ndim == 2:
@@ -155,29 +157,29 @@ def read_multichannel_tiff(path: str, panel: Panel | None = None,
   if len(names) != image.shape[0]:
     raise ValueError(f"{path}: the metadata names {len(names)} channels but the image has "
                      f"{image.shape[0]}")
-  from multichan_diff.data.panels import check_unique
-  check_unique([names[i] for i in keep], path)
+  if drop:
+    keep = panels.drop(names, drop, path, keep)
+  panels.check_names([names[i] for i in keep], path)
   image = _check_pixels(image[keep], path, zero_nonfinite)
   return FOV(fov_name(path), image, [names[i] for i in keep], [path])
 
 
 def read_channel_folder(folder: str, panel: Panel | None = None,
-                        zero_nonfinite: bool = False) -> FOV:
-  """A folder of single-channel TIFFs named by channel (MIBI / ark style)."""
+                        zero_nonfinite: bool = False, drop: Sequence[str] = ()) -> FOV:
+  """A folder of single-channel TIFFs named by channel (MIBI / ark style), less `drop`."""
   import numpy as np
   files = sorted(f for f in os.listdir(folder) if _is_tiff(f))
   if not files:
     raise ValueError(f"{folder}: no TIFF files in this FOV folder")
   by_name = {fov_name(f): os.path.join(folder, f) for f in files}
-  if panel is not None:
-    wanted = panel.kept
-    missing = [n for n in wanted if n not in by_name]
-    if missing:
-      raise ValueError(f"{folder}: no TIFF for panel channel(s) {missing}")
-  else:
-    wanted = list(by_name)
-  from multichan_diff.data.panels import check_unique
-  check_unique(wanted, folder)
+  every = panel.names if panel is not None else list(by_name)
+  keep = [i for i, k in enumerate(panel.keep) if k] if panel is not None else None
+  wanted = [every[i] for i in (panels.drop(every, drop, folder, keep) if drop
+                               else keep if keep is not None else range(len(every)))]
+  missing = [n for n in wanted if n not in by_name]  # a dropped channel needs no TIFF
+  if missing:
+    raise ValueError(f"{folder}: no TIFF for panel channel(s) {missing}")
+  panels.check_names(wanted, folder)
   planes = []
   for n in wanted:
     arr, _, _ = _read_tiff(by_name[n])
@@ -211,13 +213,14 @@ def find_fovs(input_dir: str) -> tuple[str, list[str]]:
 
 
 def read_image_folder(input_dir: str, panel: Panel | None = None,
-                      zero_nonfinite: bool = False) -> list[FOV]:
-  """All FOVs of a folder in any supported layout, checked to share one panel."""
+                      zero_nonfinite: bool = False, drop: Sequence[str] = ()) -> list[FOV]:
+  """All FOVs of a folder in any supported layout, checked to share one panel, less the
+  channels named in `drop`."""
   layout, paths = find_fovs(input_dir)
   if panel is None and os.path.exists(os.path.join(input_dir, "panel.csv")):
     panel = read_panel_csv(os.path.join(input_dir, "panel.csv"))
   read = read_multichannel_tiff if layout == "tiff" else read_channel_folder
-  fovs = [read(p, panel, zero_nonfinite) for p in paths]
+  fovs = [read(p, panel, zero_nonfinite, drop) for p in paths]
   first = fovs[0]
   for f in fovs[1:]:
     if [c.lower() for c in f.channels] != [c.lower() for c in first.channels]:
@@ -277,13 +280,15 @@ def _split_var(adata, key: str, path: str):
   return adata[:, ~is_prot], np.asarray(x, np.float32), [str(n) for n in prot.var_names]
 
 
-def read_cells(path: str, protein_key: str = "protein_counts", layer: str | None = None) -> Cells:
+def read_cells(path: str, protein_key: str = "protein_counts", layer: str | None = None,
+               drop: Sequence[str] = ()) -> Cells:
   """An AnnData .h5ad or a MuData .h5mu (modalities 'rna' and 'prot').
 
   In an AnnData file the proteins are `obsm[protein_key]` (a DataFrame, or an array with
   names in `uns[protein_key + '_names']`), or, with `protein_key = 'var:COLUMN=VALUE'`,
   the features so marked in `var` (the NeurIPS 2021 layout: `var:feature_types=ADT`).
-  `layer` reads counts from `layers[layer]` instead of X.
+  `layer` reads counts from `layers[layer]` instead of X; the proteins named in `drop`
+  are left out.
   """
   import anndata
   import numpy as np
@@ -324,8 +329,10 @@ def read_cells(path: str, protein_key: str = "protein_counts", layer: str | None
     raise ValueError(f"{path}: the file has zero genes")
   if protein.shape[1] == 0:
     raise ValueError(f"{path}: the file has zero proteins")
-  from multichan_diff.data.panels import check_unique
-  check_unique(proteins, f"{path} (proteins)")
+  panels.check_names(proteins, f"{path} (proteins)")
+  if drop:
+    keep = panels.drop(proteins, drop, f"{path} (proteins)")
+    protein, proteins = protein[:, keep], [proteins[i] for i in keep]
   x = adata.X
   values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
   for what, v in (("RNA", values), ("protein", protein)):
