@@ -69,14 +69,14 @@ def split_words(line: str) -> list[list[str]]:
 
 def parse_block(body: str, first_line: int) -> list:
   """Nodes ('cmd', line, words) and ('for', line, name, words, body)."""
-  statements, pending, start = [], "", 0
+  statements, pending, start = [], None, 0
   for n, line in enumerate(body.split("\n")):
-    if not pending:
-      start = first_line + n
+    if pending is None:
+      pending, start = "", first_line + n
     if line.endswith("\\"):  # a continuation: joined as the shell joins it
       pending += line[:-1]
       continue
-    line, pending = pending + line, ""
+    line, pending = pending + line, None
     for words in split_words(line):
       while words and words[0] == "do":
         words = words[1:]
