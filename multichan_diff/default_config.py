@@ -78,6 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       keep_checkpoints=3,
       compute_dtype="float32",    # or "bfloat16": forward / backward only, master weights f32
+      # Validation: every eval_every steps the point estimate's mean r on the val batches
+      # (train/selection.py); the best checkpoint is kept and exported by default.
+      patience=0,                 # stop after this many evals without a better val r (0: off)
+      steps_from="",              # an exported model chosen on val: train its chosen steps
+                                  # (the final fit on train + val)
   ))
 
   # The per-channel tile autoencoder (`multichan-diff train-autoencoder`): its `train` and

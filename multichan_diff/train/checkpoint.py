@@ -11,11 +11,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
-class Checkpoints:
-  """CheckpointManager over `workdir/checkpoints`, keeping the last `keep`."""
+LATEST, BEST = "checkpoints", "best"  # the last `keep` steps; the validation-best step
 
-  def __init__(self, workdir: str, keep: int = 3):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+
+class Checkpoints:
+  """CheckpointManager over `workdir/<folder>`, keeping the last `keep`."""
+
+  def __init__(self, workdir: str, keep: int = 3, folder: str = LATEST):
+    self.directory = os.path.join(os.path.abspath(workdir), folder)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from multichan_diff.data import store
 from multichan_diff.data.transforms import typical_fov_stats
-from multichan_diff.train.checkpoint import Checkpoints
+from multichan_diff.train.checkpoint import BEST, Checkpoints
 from multichan_diff.train.model_dir import REGRESSOR, TEACHER_PARAMS, read_meta
 from multichan_diff.train.trainer import setup
 NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "bin_how",
@@ -21,22 +21,32 @@ NORMALISATION_KEYS = ("normalizer", "rna_norm", "protein_norm", "tile", "bin", "
 
 def export_model(workdir: str, out: str, overwrite: bool = False,
                  step: int | None = None) -> dict:
-  """Writes a checkpoint's EMA parameters and metadata to `out`: the latest, or `step`
-  (one chosen on the validation split)."""
+  """Writes a checkpoint's EMA parameters and metadata to `out`: by default the one chosen
+  on the validation split (the latest when the run had none), or `step`."""
   store.check_writable(out, overwrite)
-  ckpts = Checkpoints(workdir)
-  steps = ckpts.all_steps()
-  if not steps:
-    raise ValueError(f"{workdir}: no checkpoint to export")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"{workdir}: no checkpoint at step {step}; it has steps {steps}")
-  run = ckpts.run_info(step)
-  s = setup(ml_collections.ConfigDict(run["config"]))
-  state = ckpts.restore(step, s.state)
-  ckpts.close()
+  latest = Checkpoints(workdir)
+  best = Checkpoints(workdir, 1, BEST) if os.path.isdir(os.path.join(workdir, BEST)) else None
+  try:
+    steps, chosen = latest.all_steps(), best and best.latest_step()
+    if not steps:
+      raise ValueError(f"{workdir}: no checkpoint to export")
+    if step is None:
+      step = chosen or steps[-1]
+    elif step not in steps + [chosen]:
+      raise ValueError(f"{workdir}: no checkpoint at step {step}; it has steps {steps}"
+                       + (f" and the validation-best {chosen}" if chosen else ""))
+    ckpts = best if step == chosen else latest
+    run = ckpts.run_info(step)
+    s = setup(ml_collections.ConfigDict(run["config"]))
+    state = ckpts.restore(step, s.state)
+    selection = best.run_info(chosen) if chosen else None
+  finally:
+    latest.close()
+    if best is not None:
+      best.close()
   meta, parts = _metadata(run, s.attrs, step)
+  if selection:  # what validation chose, for a final fit's step count (train.steps_from)
+    meta["selection"] = {"step": chosen, "val_r": selection["val_r"]}
   with store.atomic_dir(out, overwrite) as tmp:
     for name, source in parts.items():  # exported models it runs with, copied whole
       shutil.copytree(source, os.path.join(tmp, name))

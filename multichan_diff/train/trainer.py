@@ -25,10 +25,11 @@ from multichan_diff.data.pipeline import StoreSource, make_dataset, make_iterato
 from multichan_diff.diffusion.losses import get_loss_fn, get_regression_loss_fn, regress
 from multichan_diff.diffusion.schedules import get_schedule
 from multichan_diff.model import ModelConfig, build_model
-from multichan_diff.train.checkpoint import Checkpoints
+from multichan_diff.train.checkpoint import BEST, Checkpoints
 from multichan_diff.train.metrics import MetricWriter, Progress
 from multichan_diff.train.model_dir import load_model, load_prediction, load_schedule, read_meta
 from multichan_diff.train.sharding import batch_sharding, jit_train_step, make_mesh
+from multichan_diff.train.selection import channel_r, get_point_fn
 from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
 
 
@@ -272,17 +273,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the diffusion model (or the regressor) to `config.train.steps`, resuming from
   `workdir`; returns the last metrics."""
   maybe_initialize_distributed()
-  s = setup(config)
+  s = setup(steps_from(config))
   diff = config.diffusion
   data_kw = dict(mask_p=diff.mask_p, context_norm=context_norm(config))
   if s.run.get("network") == "regressor":
-    return fit(s, workdir, get_regression_loss_fn(), data_kw)
-  loss_fn = get_loss_fn(get_schedule(diff.schedule, diff.num_steps), diff.loss_on,
-                        diff.get("prediction", "eps"),
-                        point_fraction=diff.get("point_fraction", 0.0),
-                        mean_fn=_mean_fn(s.run["residual_of"]) if "residual_of" in s.run
-                        else None)
-  return fit(s, workdir, loss_fn, data_kw)
+    return fit(s, workdir, get_regression_loss_fn(), data_kw, get_point_fn("regressor"))
+  schedule = get_schedule(diff.schedule, diff.num_steps)
+  prediction = diff.get("prediction", "eps")
+  mean_fn = _mean_fn(s.run["residual_of"]) if "residual_of" in s.run else None
+  loss_fn = get_loss_fn(schedule, diff.loss_on, prediction,
+                        point_fraction=diff.get("point_fraction", 0.0), mean_fn=mean_fn)
+  return fit(s, workdir, loss_fn, data_kw,
+             get_point_fn("diffusion", schedule, prediction, mean_fn))
+
+
+def steps_from(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with `train.steps` set to the step chosen on validation by the exported model
+  `train.steps_from` (the final fit on train + val), or as it is."""
+  source = config.train.get("steps_from", "")
+  if not source:
+    return config
+  chosen = read_meta(source).get("selection", {}).get("step")
+  if not chosen:
+    raise ValueError(f"{source}: its export records no step chosen on validation (it was "
+                     "trained without a validation split); set --config.train.steps")
+  out = config.copy_and_resolve_references()
+  out.train.steps = int(chosen)
+  return out
 
 
 def _mean_fn(regressor_dir: str):
@@ -319,10 +336,12 @@ def distill(config: ml_collections.ConfigDict, teacher: str, workdir: str) -> di
                                         context_norm=meta.get("context_norm") or "global"))
 
 
-def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
+def fit(s: Setup, workdir: str, loss_fn, data_kw: dict, point_fn=None) -> dict:
   """The loop: `loss_fn(model, batch, key)` over the store's training batches
   (`make_dataset(..., **data_kw)`), to `s.config.train.steps`; the step is `s.step_fn`
-  when the setup brings one (then `loss_fn` gives the validation loss only)."""
+  when the setup brings one (then `loss_fn` gives the validation loss only).
+  point_fn: `selection.get_point_fn`'s, to score validation batches by mean r, keep the
+  best checkpoint and stop after `patience` evaluations without a gain; None: no choice."""
   config = s.config
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
@@ -356,6 +375,20 @@ def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
     return loss_fn(model, batch, jax.random.key(tc.seed + 1))[0]
 
   val = _eval_batches(config, bsh, data_kw)
+  best = Checkpoints(workdir, 1, BEST) if val and point_fn is not None else None
+  best_step = best and best.latest_step()
+  best_r = best.run_info(best_step)["val_r"] if best_step else -math.inf
+
+  @jax.jit
+  def val_point(ema, batch):
+    model = nnx.merge(s.graphdef, ema, s.rest)
+    model.eval()
+    return point_fn(model, batch)
+
+  def val_r(ema) -> float:
+    preds, scored = zip(*(val_point(ema, b) for b in val))
+    return channel_r(preds, [b["x0"] for b in val], scored)
+
   key = jax.random.key(tc.seed)
   stop = {"signal": None}
 
@@ -378,18 +411,31 @@ def fit(s: Setup, workdir: str, loss_fn, data_kw: dict) -> dict:
       if done % tc.log_every == 0 or done == tc.steps:
         last = {k: float(v) for k, v in m.items()}  # SiD's: also fake_loss, teacher_gap
         progress.update(done, loss)
+      patience_out = False
       if val and (done % tc.eval_every == 0 or done == tc.steps):
         last["val_loss"] = float(np.mean([float(eval_loss(state.ema, b)) for b in val]))
-      if done % tc.log_every == 0 or done == tc.steps:
+        if best is not None:
+          last["val_r"] = r = val_r(state.ema)
+          if r > best_r:
+            best_r, best_step = r, done
+            best.save(done, state, it, {**s.run, "val_r": r})
+          patience = tc.get("patience", 0)
+          patience_out = bool(patience) and done - best_step >= patience * tc.eval_every
+      if done % tc.log_every == 0 or done == tc.steps or patience_out:
         writer.write(done, last)
-      if done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]:
+      if (done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]
+          or patience_out):
         ckpts.save(done, state, it, s.run)
-      if stop["signal"]:
+      if stop["signal"] or patience_out:
+        last["stopped_early"] = patience_out
         break
   finally:
     progress.close()
     writer.close()
     ckpts.close()
+    if best is not None:
+      best.close()
     for sig, handler in old.items():
       signal.signal(sig, handler)
-  return {"step": int(state.step), **last}
+  return {"step": int(state.step), **last,
+          **({"best_step": best_step, "best_val_r": best_r} if best_step else {})}
