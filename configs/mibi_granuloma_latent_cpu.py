@@ -11,23 +11,11 @@ pixel model's 32x32 positions).
     multichan-diff train --config configs/mibi_granuloma_latent_cpu.py --workdir runs/latent
 """
 
-import importlib.util
-import os
-
-from multichan_diff.default_config import finish
-
-
-def _pixel_config():
-  """configs/mibi_granuloma_cpu.py's config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mibi_granuloma_cpu.py")
-  spec = importlib.util.spec_from_file_location("mibi_granuloma_cpu", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from multichan_diff.default_config import finish, sibling
 
 
 def get_config(arg=None):
-  config = _pixel_config()
+  config = sibling(__file__, "mibi_granuloma_cpu")
   config.space = "latent"
   config.data.store = "stores/granuloma_b4_latent.zarr"  # the autoencoder: the pixel store
   config.data.augment = False  # flips of latents are not latents of flips

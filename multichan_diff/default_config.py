@@ -115,6 +115,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return finish(config, arg)
 
 
+def sibling(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file `name`.py beside `config_file` (loaded by path:
+  config files are not a package), for a file that changes another's settings."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the config-file argument: none, or 'smoke'."""
   if arg == "smoke":
