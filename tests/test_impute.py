@@ -286,6 +286,10 @@ def test_observed_channel_rules_and_errors():
     observed_channels(panel, image, observed=None, missing=["DNA", "CD3", "E-cadherin"])
   with pytest.raises(ValueError, match=f"nothing to impute.*{listed}"):
     observed_channels(panel, panel, observed=panel, missing=None)
+  # two of the file's channels that match one of the model's: the file and both named
+  with pytest.raises(ValueError, match="f.tif: channels 'CD-3' and 'cd3' both match 'CD3'"):
+    observed_channels(["CD3", "CD8"], ["CD-3", "cd3", "CD8"], observed=["CD8"], missing=None,
+                      where="f.tif")
 
 
 @needs_data

@@ -79,7 +79,10 @@ def observed_channels(model_panel: list[str], image_channels: list[str], *,
     raise ValueError("give exactly one of --observed or --missing (comma-separated names); "
                      f"the model's panel is: {panel}")
   available = np.zeros(len(model_panel), bool)  # a channel the model does not know is unused
-  available[list(panels.known(image_channels, model_panel, name_map).values())] = True
+  try:
+    available[list(panels.known(image_channels, model_panel, name_map).values())] = True
+  except ValueError as e:  # two of the image's channels match one of the model's
+    raise ValueError(f"{where}: {e}") from e
   mask = np.zeros(len(model_panel), bool)
   if observed:
     mask[panels.match(observed, model_panel, name_map)] = True
