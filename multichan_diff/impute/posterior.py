@@ -82,6 +82,8 @@ class Posterior:
   views: 1, 2, 4 or 8 orientations of each image tile, num_samples / views draws each.
   regressor: a residual model's regressor, whose mean the chains are added to; or, with
   `model` None, the model itself (every draw its output).
+  spread_scale: [C] factors that widen each channel's draws about the point estimate,
+  fitted on validation (`evaluate.calibrate`), or None.
   """
 
   def __init__(self, model, schedule: Schedule, *, sampler: str = "ddim",
@@ -90,13 +92,15 @@ class Posterior:
                prediction: str = "eps", point: str = "denoiser",
                codec: LatentCodec | None = None, t_init: int | None = None,
                teacher=None, target_stats: tuple[np.ndarray, np.ndarray] | None = None,
-               views: int = 1, zero_below: np.ndarray | None = None, regressor=None):
+               views: int = 1, zero_below: np.ndarray | None = None, regressor=None,
+               spread_scale: np.ndarray | None = None):
     get_sampler(sampler)
     if model is None and (regressor is None or codec is not None):
       raise ValueError("a posterior needs a diffusion model, or a pixel-space regressor")
     if zero_below is not None and x0_range is None:
       raise ValueError("zero_below needs the data's floor (x0_range)")
     self.zero_below = zero_below
+    self.spread_scale = None if spread_scale is None else np.asarray(spread_scale, np.float32)
     if target_stats is not None and codec is not None:
       raise ValueError("per-FOV standardised targets are for pixel-space models only")
     if point not in POINT_ESTIMATES:
@@ -279,7 +283,15 @@ class Posterior:
                                     dihedral(x, v), *rest)
       draws.append(dihedral(samples, v, inverse=True))
       points.append(dihedral(point, v, inverse=True))
-    return np.concatenate(draws), np.mean(points, 0)
+    point = np.mean(points, 0)
+    return self._widened(np.concatenate(draws), point), point
+
+  def _widened(self, draws: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """draws [K, ..., C] widened about the point estimate by `spread_scale` (observed
+    channels, equal to the point, stay as they are)."""
+    if self.spread_scale is None:
+      return draws
+    return point + self.spread_scale * (draws - point)
 
   def fov_context(self, image: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The FOV's (mean, std) [C_model] that standardise its condition (context_norm fov*):
@@ -301,7 +313,7 @@ class Posterior:
       raise ValueError("views (orientations) are for images; a cell has none")
     samples, mean = self._padded(self._cells, key, genes.astype(np.float32)[:, None, None, :],
                                  num_proteins)
-    return samples[:, :, 0, 0, :], mean[:, 0, 0, :]
+    return self._widened(samples[:, :, 0, 0, :], mean[:, 0, 0, :]), mean[:, 0, 0, :]
 
 
 def model_dirs(model: str | Sequence[str]) -> list[str]:
@@ -363,5 +375,6 @@ def _load_one(model_dir: str, *, sampler, steps, samples, batch_size, point, vie
       codec=load_codec(model_dir, meta), t_init=meta.get("t_init"), teacher=teacher,
       target_stats=meta.get("target_stats"), views=views,
       zero_below=None if cells or continuous_draws else zero_below(meta),
-      regressor=model if regression else load_regressor(model_dir, meta))
+      regressor=model if regression else load_regressor(model_dir, meta),
+      spread_scale=meta.get("spread_scale"))
   return posterior, meta
