@@ -114,3 +114,57 @@ def test_uncertainty_tells_calibrated_from_narrow_draws(k):
   # A std unrelated to the errors ranks nothing.
   flat = metrics.uncertainty(draws.min(0), draws.max(0), rng.random((n, 2)), centre, true)
   assert (np.abs(flat["std_error_spearman"]) < 0.05).all()
+
+
+def test_draw_ranks_by_hand_with_ties_spread():
+  draws = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])[:, None, :]  # K = 3, N = 1, C = 2
+  true = np.array([[1.5, 0.0]])  # channel 0: 2 draws below; channel 1: tied with all 3
+  np.testing.assert_allclose(metrics.draw_ranks(draws, true)[:, 0], [0, 0, 1, 0])
+  np.testing.assert_allclose(metrics.draw_ranks(draws, true)[:, 1], [0.25] * 4)
+  # A tie with one draw among others spans two ranks; below and above every draw agree
+  # with `range_tails`.
+  draws = np.array([[0.0, 1.0, 2.0]]).T[:, :, None].repeat(4, 1)  # [3, 4, 1]
+  true = np.array([[1.0], [-1.0], [3.0], [0.5]])
+  hist = metrics.draw_ranks(draws, true)[:, 0]
+  np.testing.assert_allclose(hist, [1 / 4, (1 + 0.5) / 4, 0.5 / 4, 1 / 4])
+  below, above = metrics.range_tails(draws.min(0), draws.max(0), true)
+  assert hist[0] == pytest.approx(below[0]) and hist[-1] == pytest.approx(above[0])
+
+
+def test_interval_coverage_by_hand():
+  draws = np.arange(5.0)[:, None, None].repeat(3, 1)  # draws 0..4 for each of 3 entries
+  true = np.array([[2.0], [0.5], [4.0]])
+  # np.quantile of 0..4: the central 50 % interval is [1, 3], the 95 % one [0.1, 3.9].
+  got = metrics.interval_coverage(draws, true, levels=(0.5, 0.95))[:, 0]
+  np.testing.assert_allclose(got, [1 / 3, 2 / 3])
+  assert metrics.interval_coverage(draws, true + 1e-7, levels=(0.5,))[0, 0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_calibration_of_exchangeable_and_narrow_draws(k):
+  """A truth exchangeable with the draws: a flat PIT histogram and the coverage
+  `calibrated_coverage` says (exactly for uniform draws); draws too narrow: a U-shaped
+  histogram and less coverage. Pooling batches gives the figures of all entries at once."""
+  rng = np.random.default_rng(5)
+  n = 40000
+  draws, true = rng.random((k, n, 2)), rng.random((n, 2))
+  flat = np.full((k + 1, 2), 1 / (k + 1))
+  np.testing.assert_allclose(metrics.draw_ranks(draws, true), flat, atol=0.012)
+  cov = metrics.interval_coverage(draws, true)
+  want = metrics.calibrated_coverage(k)
+  np.testing.assert_allclose(cov, np.repeat(want[:, None], 2, 1), atol=0.012)
+  assert (want < np.asarray(metrics.COVERAGE_LEVELS)).all()
+  gauss = rng.standard_normal((k + 1, n, 2))  # smooth draws: close, as the docstring says
+  np.testing.assert_allclose(metrics.interval_coverage(gauss[1:], gauss[0]),
+                             np.repeat(want[:, None], 2, 1), atol=0.035)
+  narrow = 0.5 + 0.5 * (draws - 0.5)
+  hist = metrics.draw_ranks(narrow, true)
+  assert (hist[[0, -1]] > flat[[0, -1]] + 0.05).all() and (hist[1:-1] < flat[1:-1]).all()
+  assert (metrics.interval_coverage(narrow, true) < want[:, None] - 0.05).all()
+  pooled = metrics.DrawCalibration(k, 2)
+  for part in (slice(0, 1000), slice(1000, n)):
+    pooled.add(narrow[:, part], true[part])
+  res = pooled.result()
+  np.testing.assert_allclose(res["pit"], hist)
+  np.testing.assert_allclose(res["coverage"], metrics.interval_coverage(narrow, true))
+  assert metrics.coverage_key(0.95) == "coverage_95"

@@ -4,7 +4,8 @@ Images: per-channel scores over all pixels (arrays [..., C], optional pixel mask
 a channel constant on either side has no correlation and gives NaN, which `nanmean_skip`
 leaves out of the mean. Cells: r_p and r_c as the openproblems correlation metric, where a
 non-finite correlation counts as 0. Uncertainty: whether the truth falls among the
-posterior draws as often as a draw would, and whether the draws' spread ranks the errors.
+posterior draws as often as a draw would (its tails, its rank among the draws, the coverage
+of the draws' central intervals), and whether the draws' spread ranks the errors.
 """
 
 from __future__ import annotations
@@ -95,6 +96,77 @@ def uncertainty(lo, hi, std, point, true, mask=None) -> dict[str, np.ndarray]:
     relative = s.mean(0) / t.std(0)
   return {"below": below, "above": above, "std_error_spearman": spearman(std, err, mask),
           "relative_std": np.where(np.isfinite(relative), relative, np.nan)}
+
+
+# The central intervals whose coverage every report gives.
+COVERAGE_LEVELS = (0.5, 0.8, 0.95)
+
+
+def draw_ranks(draws, true, atol: float = TIE_ATOL) -> np.ndarray:
+  """draws [K, N, C] x true [N, C] -> [K + 1, C] the share of entries at each rank of the
+  truth among the K draws (how many draws lie below it by more than atol): the PIT
+  histogram, flat at 1 / (K + 1) when the truth is one more draw. A truth tied with e draws
+  is spread evenly over the e + 1 ranks it spans (the randomised PIT), so data piled on a
+  floor, drawn there too, stay flat; untied, rank 0 is `range_tails`' below, rank K above."""
+  draws, true = np.asarray(draws), np.asarray(true)
+  k, n, c = draws.shape
+  below = (draws < true - atol).sum(0)  # [N, C]
+  ties = (np.abs(draws - true) <= atol).sum(0)
+  # weight 1 / (e + 1) on ranks b .. b + e: + at b, - at b + e + 1, summed over ranks
+  w, col = (1.0 / (ties + 1)).ravel(), np.broadcast_to(np.arange(c), (n, c)).ravel()
+  size = (k + 2) * c
+  step = (np.bincount((below.ravel() * c + col), w, size)
+          - np.bincount(((below + ties + 1).ravel() * c + col), w, size))
+  return np.cumsum(step.reshape(k + 2, c), 0)[:k + 1] / max(n, 1)
+
+
+def interval_coverage(draws, true, levels=COVERAGE_LEVELS,
+                      atol: float = TIE_ATOL) -> np.ndarray:
+  """draws [K, N, C] x true [N, C] -> [L, C] share of entries inside the draws' central
+  interval at each level: the draws' own empirical quantiles over K (np.quantile, linear),
+  so with few draws narrower than nominal, even for a calibrated posterior
+  (`calibrated_coverage`)."""
+  levels = np.asarray(levels, np.float64)
+  q = np.quantile(np.asarray(draws), np.concatenate([(1 - levels) / 2, (1 + levels) / 2]),
+                  axis=0)  # [2L, N, C]
+  lo, hi = q[:len(levels)], q[len(levels):]
+  true = np.asarray(true)
+  return ((true >= lo - atol) & (true <= hi + atol)).mean(1)
+
+
+def calibrated_coverage(k: int, levels=COVERAGE_LEVELS) -> np.ndarray:
+  """[L] the coverage of k draws' central intervals (`interval_coverage`) when the truth is
+  one more draw: p (k - 1) / (k + 1), exact for uniform draws and close for smooth ones
+  (within 0.03 for Gaussian draws up to k = 16); it reaches p only as k grows."""
+  return np.asarray(levels, np.float64) * (k - 1) / (k + 1)
+
+
+class DrawCalibration:
+  """`draw_ranks` and `interval_coverage` pooled over batches of entries (an evaluation set's
+  FOVs one at a time, so no more than one FOV's draws are held)."""
+
+  def __init__(self, k: int, channels: int, levels=COVERAGE_LEVELS):
+    self.levels = tuple(levels)
+    self.ranks = np.zeros((k + 1, channels))
+    self.inside = np.zeros((len(self.levels), channels))
+    self.count = 0
+
+  def add(self, draws, true) -> None:
+    """draws [K, N, C], true [N, C]."""
+    n = len(true)
+    self.ranks += n * draw_ranks(draws, true)
+    self.inside += n * interval_coverage(draws, true, self.levels)
+    self.count += n
+
+  def result(self) -> dict[str, np.ndarray]:
+    """{"pit": [K + 1, C], "coverage": [L, C]} shares of the entries added."""
+    n = max(self.count, 1)
+    return {"pit": self.ranks / n, "coverage": self.inside / n}
+
+
+def coverage_key(level: float) -> str:
+  """The name of a level's coverage among the uncertainty metrics: 0.95 -> "coverage_95"."""
+  return f"coverage_{round(100 * level)}"
 
 
 def nanmean_skip(values) -> float:

@@ -1,6 +1,7 @@
 """Evaluation results as files: report.json, report.md (model vs every baseline, per
-channel and overall) and the plots (per-channel bars against the best baseline; truth /
-prediction / uncertainty crops for images; predicted vs measured for cells)."""
+channel and overall; its first line says whether the model is below the best baseline)
+and the plots (per-channel bars against the best baseline; truth / prediction /
+uncertainty crops for images; predicted vs measured for cells; the draws' calibration)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from multichan_diff.evaluate import metrics
 
 BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
+HEADLINE_WORDS = {"pearson": "mean Pearson r", "r_p": "r_p"}
 POINT_WORDS = {"denoiser": "the {net} x0 estimate from pure noise averaged over {k} draws",
                "samples": "the mean of {k} samples"}
 
@@ -51,14 +53,40 @@ def summarise(result: dict, kind: str) -> dict:
   key = "r_p" if kind == "cells" else "pearson"
   baselines = [m for m in methods if m not in BASELINE_EXCLUDE]
   best = max(baselines, key=lambda m: methods[m]["mean"][key] or -np.inf) if baselines else None
-  summary = {"methods": methods, "headline": key, "best_baseline": best}
+  summary = {"methods": methods, "headline": key, "best_baseline": best,
+             "below_best_baseline": _below(methods, best, key)}
   if "uncertainty" in result:
     unc = dict(result["uncertainty"])
     k = unc.pop("draws")
+    pit = unc.pop("pit", None)
     summary["uncertainty"] = {"draws": k, "calibrated_tail": metrics.calibrated_tail(k),
                               **_pooled(unc, result["channels"])}
     summary["uncertainty"]["channels_spearman"] = _channels_spearman(summary)
+    if pit is not None:
+      summary["uncertainty"].update(_calibration(pit, summary["uncertainty"]["mean"], k))
   return summary
+
+
+def _below(methods: dict, best: str | None, key: str) -> bool | None:
+  """Whether the model's headline is below the best baseline's (None: nothing to compare)."""
+  if best is None or "model" not in methods:
+    return None
+  model, base = methods["model"]["mean"][key], methods[best]["mean"][key]
+  return None if model is None or base is None else bool(model < base)
+
+
+def _calibration(pit: np.ndarray, mean: dict, k: int) -> dict:
+  """pit [S, K + 1, C] (NaN where observed) -> the PIT histogram over every scored (set,
+  channel) pair, as the other figures are pooled; and the central intervals' coverage
+  beside what k draws of a calibrated posterior would give."""
+  levels = [p for p in metrics.COVERAGE_LEVELS if metrics.coverage_key(p) in mean]
+  with warnings.catch_warnings():  # nothing scored: NaN
+    warnings.simplefilter("ignore", RuntimeWarning)
+    hist = np.nanmean(np.moveaxis(pit, 1, -1).reshape(-1, k + 1), 0)
+  return {"pit": [_num(v) for v in hist],
+          "coverage": {"levels": levels,
+                       "empirical": [mean[metrics.coverage_key(p)] for p in levels],
+                       "calibrated": metrics.calibrated_coverage(k, levels).tolist()}}
 
 
 def _channels_spearman(summary: dict) -> float | None:
@@ -71,6 +99,44 @@ def _channels_spearman(summary: dict) -> float | None:
   if len(pairs) < 3:
     return None
   return _num(metrics.spearman(pairs[:, :1], pairs[:, 1:])[0])
+
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+  """Two figures to 3 decimals, or as many more (up to 6) as tell them apart."""
+  for d in range(3, 7):
+    fa, fb = f"{a:.{d}f}", f"{b:.{d}f}"
+    if fa != fb:
+      break
+  return fa, fb
+
+
+def _floor_line(summary: dict) -> list[str]:
+  """The line under the title: the model against the best baseline, plainly."""
+  below, best = summary["below_best_baseline"], summary["best_baseline"]
+  if below is None:
+    return []
+  key = summary["headline"]
+  model, base = _pair(summary["methods"]["model"]["mean"][key],
+                      summary["methods"][best]["mean"][key])
+  where = "below" if below else "at or above"
+  return ["", f"The model is {where} the best baseline ({best}, {HEADLINE_WORDS[key]} "
+          f"{model} against {base}) on this split."]
+
+
+def _list(values) -> str:
+  return " / ".join("n/a" if v is None else f"{v:.3f}" for v in values)
+
+
+def _coverage_line(unc: dict) -> str:
+  """The sentence on the central intervals and the PIT."""
+  cov, k = unc["coverage"], unc["draws"]
+  return (f" The central {' / '.join(f'{100 * p:g}' for p in cov['levels'])} % intervals of "
+          f"the {k} draws (their empirical quantiles, so narrower than nominal with few "
+          f"draws: a calibrated posterior's {k} draws would hold about "
+          f"{_list(cov['calibrated'])}) held {_list(cov['empirical'])} of the measured "
+          "values. The measured value's rank among the draws (PIT) and the coverage against "
+          f"the nominal level are in calibration.png (each rank {unc['calibrated_tail']:.3f} "
+          "of the entries when calibrated).")
 
 
 def _uncertainty_lines(unc: dict) -> list[str]:
@@ -90,7 +156,8 @@ def _uncertainty_lines(unc: dict) -> list[str]:
              " Across channels, Spearman rho of the draws' mean std (over the measured "
              f"values' std, {m['relative_std']:.3f} on average) against the channel's "
              f"Pearson r: {unc['channels_spearman']:.3f} (below 0: wider draws where the "
-             "channel is imputed worse).")]
+             "channel is imputed worse).")
+          + (_coverage_line(unc) if "coverage" in unc else "")]
 
 
 def markdown(summary: dict, info: dict) -> str:
@@ -101,6 +168,7 @@ def markdown(summary: dict, info: dict) -> str:
   lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
            + (f", mode `{info['mode']}`" if info["kind"] == "images" else "")
            + (f" (held out: {', '.join(info['held_out'])})" if info.get("held_out") else ""),
+           *_floor_line(summary),
            "",
            f"Model `{info['model']}`"
            + (f" (an ensemble of {members}: each member's draws as below, `model` the mean "
@@ -113,6 +181,8 @@ def markdown(summary: dict, info: dict) -> str:
            "`model_1_sample` one sample"
            + ("" if info.get("point", "samples") == "samples" else
               f", `model_samples_mean` the mean of the {info['samples']} samples")
+           + (f"; `masked_regressor` the point estimate of the regressor `{info['regressor']}` "
+              "on the same observed channels (a baseline)" if info.get("regressor") else "")
            + ". Best baseline: "
            f"`{summary['best_baseline']}`."
            + (" Draws under half a count are zero counts (the data are whole counts)."
@@ -156,6 +226,37 @@ def plot_bars(summary: dict, path: str) -> None:
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_calibration(unc: dict, path: str) -> None:
+  """The PIT histogram (the measured value's rank among the K draws, flat at 1 / (K + 1)
+  when calibrated) and the central intervals' coverage against the nominal level."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  k, cov = unc["draws"], unc["coverage"]
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6))
+  ax.bar(np.arange(k + 1), [v or 0.0 for v in unc["pit"]], 0.9, color="C0")
+  ax.axhline(unc["calibrated_tail"], color="k", ls="--", lw=1,
+             label=f"calibrated, 1/(K+1) = {unc['calibrated_tail']:.3f}")
+  ax.set_xlabel(f"rank of the measured value among the {k} draws")
+  ax.set_ylabel("share of scored entries")
+  ax.set_title("PIT histogram", fontsize=9)
+  ax.legend(fontsize=7)
+  levels = np.asarray(cov["levels"])
+  bx.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--", label="nominal")
+  bx.plot(levels, cov["calibrated"], "s:", color="grey", label=f"calibrated, {k} draws")
+  bx.plot(levels, [np.nan if v is None else v for v in cov["empirical"]], "o-", color="C1",
+          label="the model's draws")
+  bx.set_xlim(0, 1)
+  bx.set_ylim(0, 1)
+  bx.set_xlabel("central interval, nominal level")
+  bx.set_ylabel("share of measured values inside")
+  bx.set_title("coverage of the draws' empirical intervals", fontsize=9)
+  bx.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -215,6 +316,8 @@ def write(out_dir: str, result: dict, info: dict) -> dict:
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(markdown(summary, info))
   plot_bars(summary, os.path.join(out_dir, "per_channel.png"))
+  if "coverage" in summary.get("uncertainty", {}):
+    plot_calibration(summary["uncertainty"], os.path.join(out_dir, "calibration.png"))
   if info["kind"] == "images":
     plot_examples(result["examples"], summary, os.path.join(out_dir, "examples.png"))
   else:
