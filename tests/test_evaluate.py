@@ -1,8 +1,10 @@
 """Evaluation: observed sets, FOV reassembly, report summaries, and `evaluate` end to end."""
 
 import json
+import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,8 +13,40 @@ from multichan_diff.cli import main
 from multichan_diff.data import readers, store
 from multichan_diff.data.prepare import bin_image
 from multichan_diff.data.transforms import Normalizer
+from multichan_diff.evaluate import metrics
 from multichan_diff.evaluate.images import observed_sets, read_fovs
 from multichan_diff.evaluate.report import summarise
+
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+
+
+def _regressor(root, config: str, store_path, *flags) -> str:
+  """A masked regressor smoke-trained on the store and exported: its folder."""
+  assert main(["train", "--config", f"{CONFIGS}/{config}", "--workdir", str(root / "run"),
+               f"--config.data.store={store_path}", "--config.network=regressor",
+               "--config.data.threads=2", *flags]) == 0
+  assert main(["export", "--workdir", str(root / "run"), "--out", str(root / "reg")]) == 0
+  return str(root / "reg")
+
+
+def _check_calibration(report: dict, out) -> None:
+  """The draws' PIT histogram and central-interval coverage, in report.json and the plot."""
+  unc, k = report["uncertainty"], report["uncertainty"]["draws"]
+  assert len(unc["pit"]) == k + 1 and sum(unc["pit"]) == pytest.approx(1)
+  assert unc["pit"][0] >= unc["mean"]["below"] - 1e-9  # ties spread over ranks, never fewer
+  cov = unc["coverage"]
+  assert cov["levels"] == list(metrics.COVERAGE_LEVELS)
+  assert cov["empirical"] == sorted(cov["empirical"]) and 0 <= cov["empirical"][0]
+  assert cov["empirical"][-1] <= 1
+  assert cov["empirical"] == [unc["mean"][metrics.coverage_key(p)] for p in cov["levels"]]
+  np.testing.assert_allclose(cov["calibrated"], metrics.calibrated_coverage(k))
+  assert (out / "calibration.png").stat().st_size > 0
+  md = (out / "report.md").read_text().splitlines()
+  below = report["methods"]["model"]["mean"][report["headline"]] < \
+      report["methods"][report["best_baseline"]]["mean"][report["headline"]]
+  assert report["below_best_baseline"] is below
+  assert md[2].startswith("The model is " + ("below" if below else "at or above")
+                          + f" the best baseline ({report['best_baseline']}, ")
 
 
 def test_observed_sets_per_mode():
@@ -100,6 +134,8 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   assert 0 <= unc["per_channel"]["CD3"]["below"] <= 1
   assert 0 < unc["mean"]["below"] + unc["mean"]["above"] <= 1
   assert "from the model's 2 draws per entry" in (out / "report.md").read_text()
+  assert unc["per_channel"]["CD45"]["coverage_95"] is None
+  _check_calibration(report, out)
   # A channel the store does not have, and a model/store mismatch, are clear errors.
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
                "--panel", "CD999", "--out", str(tmp_path / "r2")]) == 2
@@ -151,6 +187,7 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   assert unc["draws"] == 2 and len(unc["per_channel"]) == 29
   assert 0 < unc["mean"]["below"] + unc["mean"]["above"] <= 1
   assert -1 <= unc["mean"]["std_error_spearman"] <= 1
+  _check_calibration(report, out)
   # Orientations are for images, and a cells model says so, leaving nothing behind.
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out",
                str(tmp_path / "r2"), "--samples", "2", "--views", "2"]) == 2
@@ -177,3 +214,81 @@ def test_evaluate_cells_end_to_end(tmp_path, cells_model, capsys):
   err = capsys.readouterr().err
   assert f"{twin} and {model} cannot form an ensemble" in err and "'channels'" in err
   assert not (tmp_path / "ens2").exists()
+
+
+@pytest.fixture(scope="module")
+def image_regressor(store_path, tmp_path_factory):
+  return _regressor(tmp_path_factory.mktemp("r"), "default.py:smoke", store_path,
+                    "--config.train.steps=4")
+
+
+@needs_data
+def test_evaluate_images_with_a_regressor(tmp_path, store_path, image_model, image_regressor,
+                                          capsys):
+  """The regressor's point estimate is a baseline row on the same observed channels; a
+  folder that is not a regressor of the model's panel is refused, writing nothing."""
+  from multichan_diff.impute.images import sample_image
+  from multichan_diff.impute.posterior import load_posterior
+  panel = ["CD45", "PanKRT", "HH3", "VIM", "SMA"]
+  out = tmp_path / "report"
+  assert main(["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
+               "--panel", ",".join(panel), "--out", str(out), "--samples", "2", "--steps",
+               "1", "--views", "2", "--regressor", image_regressor]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  report = json.loads((out / "report.json").read_text())
+  assert report["regressor"] == os.path.abspath(image_regressor)
+  row = report["methods"]["masked_regressor"]
+  assert printed["masked_regressor"] == row["mean"]
+  best = max((m for m in report["methods"] if not m.startswith("model")),
+             key=lambda m: report["methods"][m]["mean"]["pearson"])
+  assert report["best_baseline"] == best  # the regressor is among the baselines
+  # Its figures: its point estimate (over the model's 2 views) on the test FOV, the panel
+  # observed, scored on the other channels.
+  posterior, meta = load_posterior(image_regressor, samples=2, views=2)
+  (fov,) = read_fovs(store_path, "test")
+  observed = np.isin(report["channels"], panel)
+  _, point = sample_image(posterior, fov.image, observed, tile=meta["tile"],
+                          overlap=meta["tile"] // 4,
+                          key=jax.random.fold_in(jax.random.key(0), 0),
+                          context_norm=meta.get("context_norm"))
+  r = metrics.pearson(point[fov.covered][:, ~observed], fov.image[fov.covered][:, ~observed])
+  assert row["mean"]["pearson"] == pytest.approx(metrics.nanmean_skip(r), abs=1e-6)
+  assert row["per_channel"]["CD45"]["pearson"] is None
+  assert "`masked_regressor` the point estimate of the regressor" in (out / "report.md").read_text()
+  # Refused: a diffusion model, and a regressor of another panel or kind.
+  other = tmp_path / "other"
+  shutil.copytree(image_regressor, other)
+  meta = json.loads((other / "model.json").read_text())
+  for folder, edit, words in ((image_model, None, "not a regressor"),
+                              (other, {"channels": meta["channels"][::-1]}, "'channels'"),
+                              (other, {"kind": "cells"}, "'kind'")):
+    if edit:
+      (other / "model.json").write_text(json.dumps({**meta, **edit}))
+    assert main(["evaluate", "--model", image_model, "--store", store_path, "--out",
+                 str(tmp_path / "r2"), "--regressor", str(folder)]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+@needs_data
+def test_evaluate_cells_with_a_regressor(tmp_path, cells_model, capsys):
+  from multichan_diff.impute.cells import sample_cells, to_clr
+  from multichan_diff.impute.posterior import load_posterior
+  _, st, model = cells_model
+  reg = _regressor(tmp_path, "citeseq_teaseq.py:smoke", st, "--config.train.steps=3",
+                   "--config.train.batch_size=16")
+  capsys.readouterr()
+  out = tmp_path / "report"
+  assert main(["evaluate", "--model", str(model), "--store", str(st), "--out", str(out),
+               "--samples", "2", "--steps", "1", "--regressor", reg]) == 0
+  report = json.loads((out / "report.json").read_text())
+  assert {"masked_regressor", "krr", "ridge_svd"} <= set(report["methods"])
+  # Its r_p: its point estimate on the test cells, in CLR units.
+  attrs = store.read_attributes(str(st))
+  idx = np.flatnonzero(np.asarray(attrs["sample_split"]) == store.SPLITS.index("test"))
+  genes = np.asarray(store.open_array(str(st), "cond")[idx].read().result())[:, 0, 0]
+  truth = np.asarray(store.open_array(str(st), "x0")[idx].read().result())[:, 0, 0]
+  posterior, meta = load_posterior(reg, samples=1, views=1)
+  point = sample_cells(posterior, genes, len(meta["channels"]), key=jax.random.key(0))[1]
+  want = metrics.r_p(to_clr(point, meta), to_clr(truth, meta))
+  assert report["methods"]["masked_regressor"]["mean"]["r_p"] == pytest.approx(want, abs=1e-6)
+  _check_calibration(report, out)

@@ -12,7 +12,7 @@ import numpy as np
 
 from multichan_diff.data import readers, store
 from multichan_diff.data.store import SPLITS
-from multichan_diff.evaluate.images import fit_splits, sample_rows
+from multichan_diff.evaluate.images import calibration_rows, fit_splits, sample_rows
 from multichan_diff.data.prepare_cells import clr, log1p_cp10k
 from multichan_diff.evaluate import metrics
 from multichan_diff.evaluate.baselines import cell_baselines
@@ -34,10 +34,14 @@ def _source_cells(attrs: dict, path: str):
 
 
 def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: str,
-                   seed: int = 0, baselines: bool = True, progress: bool = True) -> dict:
-  """-> {"channels", "truth" [N, P], "preds": {method: [N, P]}, "scores": {method: {"r_p",
+                   points: dict[str, tuple[Posterior, dict]] | None = None, seed: int = 0,
+                   baselines: bool = True, progress: bool = True) -> dict:
+  """points: rows of other models' point estimates (a masked regressor), by name: (posterior,
+  model.json), each with the model's proteins and genes.
+
+  -> {"channels", "truth" [N, P], "preds": {method: [N, P]}, "scores": {method: {"r_p",
   "r_c", "pearson" [P], "spearman" [P], "rmse" [P]}}, "uncertainty": {"draws": K, metric:
-  [1, P]}} on the split's cells (CLR units)."""
+  [1, P], "pit" [1, K + 1, P]}} on the split's cells (CLR units), as `evaluate_images`."""
   attrs = store.read_attributes(store_path)
   if attrs["kind"] != "cells":
     raise ValueError(f"{store_path}: a {attrs['kind']} store; this is a cells model")
@@ -54,6 +58,10 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
                              key=jax.random.key(seed), progress=progress)
   draws = to_clr(draws, meta)
   preds = {"model": to_clr(mean, meta), **sample_rows(posterior, draws.mean(0), draws[0])}
+  for name, (other, other_meta) in (points or {}).items():
+    point = sample_cells(other, genes, len(meta["channels"]), key=jax.random.key(seed),
+                         progress=progress)[1]
+    preds[name] = to_clr(point, other_meta)
   if baselines:
     cells = _source_cells(attrs, store_path)
     rna = log1p_cp10k(cells.rna)
@@ -63,5 +71,8 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
                    "pearson": metrics.pearson(p, truth), "spearman": metrics.spearman(p, truth),
                    "rmse": metrics.rmse(p, truth)} for name, p in preds.items()}
   unc = metrics.uncertainty(draws.min(0), draws.max(0), draws.std(0), preds["model"], truth)
+  calibration = metrics.DrawCalibration(len(draws), truth.shape[1])
+  calibration.add(draws, truth)
+  unc.update(calibration_rows(calibration))
   return {"channels": meta["channels"], "truth": truth, "preds": preds, "scores": scores,
           "uncertainty": {"draws": len(draws), **{k: v[None] for k, v in unc.items()}}}

@@ -24,6 +24,16 @@ MULTI_SUBSETS = 10
 
 
 @dataclasses.dataclass
+class PointModel:
+  """Another model scored by its point estimate alone (a masked regressor), on the same
+  observed sets and FOVs as the model, each with its own tiling and condition norm."""
+  posterior: Posterior
+  tile: int
+  overlap: int
+  context_norm: str | None
+
+
+@dataclasses.dataclass
 class FOVImage:
   name: str
   image: np.ndarray    # [H, W, C] normalised
@@ -112,27 +122,38 @@ def _scores(pred: list[np.ndarray], t: np.ndarray, fovs: list[FOVImage],
 
 
 def _row(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
-  """Scores of the missing channels -> [C] with NaN where observed."""
-  row = np.full(len(missing), np.nan)
-  row[missing] = values
+  """Scores of the missing channels [..., C_missing] -> [..., C] with NaN where observed."""
+  row = np.full(np.shape(values)[:-1] + (len(missing),), np.nan)
+  row[..., missing] = values
   return row
+
+
+def calibration_rows(calibration: metrics.DrawCalibration) -> dict[str, np.ndarray]:
+  """The pooled calibration as uncertainty metrics: "pit" [K + 1, C] and one [C] coverage
+  per level ("coverage_50", ...)."""
+  res = calibration.result()
+  return {"pit": res["pit"], **{metrics.coverage_key(p): v
+                                for p, v in zip(calibration.levels, res["coverage"])}}
 
 
 def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: str,
                     panel: list[int] | None, channel_index: np.ndarray, model_channels: int,
                     tile: int, overlap: int, context_norm: str | None = "global",
                     keep: list[int] | None = None, held_out: list[int] | None = None,
-                    seed: int = 0, progress: bool = True) -> dict:
+                    points: dict[str, PointModel] | None = None, seed: int = 0,
+                    progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
   keep: the store channels used (observed or scored), or None for all; the rest are as if
   never measured, for the model and the baselines alike (two models with different panels
   compared on the channels they share). channel_index [C_kept]: each kept channel's index
   in the model's panel (a union model is scored on one of its panels). held_out (`single`
-  only): the kept channels held out in turn, or None for all. Returns
+  only): the kept channels held out in turn, or None for all. points: rows of other models'
+  point estimates, by name (each with the model's panel). Returns
   {"channels", "sets", "scores": {method: {metric: [S, C] with NaN where a channel was
-  observed}}, "uncertainty": {"draws": K, metric: [S, C]} (`metrics.uncertainty` of the
-  posterior's draws), "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
+  observed}}, "uncertainty": {"draws": K, metric: [S, C], "pit": [S, K + 1, C]}
+  (`metrics.uncertainty` of the posterior's draws, the coverage of their central intervals
+  and the truth's rank among them), "examples": {channel: {"fov", "truth", "mean", "std"}} (a central
   tile-sized crop of the first FOV)}.
   """
   test = read_fovs(store_path, split)
@@ -153,10 +174,19 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   for s, observed in zip(ids, sets):
     missing = ~observed
     mean, samples_mean, single, lo, hi, std = [], [], [], [], [], []
+    others: dict[str, list[np.ndarray]] = {name: [] for name in points or {}}
+    calibration = None
     for i, f in enumerate(test):
+      fov_key = jax.random.fold_in(key, s * 1000 + i)
       draws, point = _model_draws(posterior, f.image, observed, channel_index, model_channels, tile,
-                           overlap, jax.random.fold_in(key, s * 1000 + i), context_norm,
-                           progress)
+                           overlap, fov_key, context_norm, progress)
+      for name, other in (points or {}).items():
+        others[name].append(_model_draws(other.posterior, f.image, observed, channel_index,
+                                         model_channels, other.tile, other.overlap, fov_key,
+                                         other.context_norm, progress)[1])
+      if calibration is None:
+        calibration = metrics.DrawCalibration(len(draws), int(missing.sum()))
+      calibration.add(draws[..., missing][:, f.covered], f.image[f.covered][:, missing])
       mean.append(point)
       samples_mean.append(draws.mean(0))
       single.append(draws[0])
@@ -170,14 +200,14 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
           examples.setdefault(channels[c], {
               "fov": f.name, "truth": crop(f.image)[..., c], "mean": crop(mean[-1])[..., c],
               "std": crop(std[-1])[..., c]})
-    preds = {"model": mean, **sample_rows(posterior, samples_mean, single),
+    preds = {"model": mean, **sample_rows(posterior, samples_mean, single), **others,
              **baselines.predict(observed)}
     truth = _pool([f.image for f in test], test, missing)  # once per set, for every method
     for name, pred in preds.items():
       for metric, values in _scores(pred, truth, test, missing).items():
         scores.setdefault(name, {}).setdefault(metric, []).append(_row(values, missing))
     unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)), truth)
-    for metric, values in unc.items():
+    for metric, values in {**unc, **calibration_rows(calibration)}.items():
       uncertainty.setdefault(metric, []).append(_row(values, missing))
   return {"channels": channels, "sets": [s.tolist() for s in sets],
           "scores": {m: {k: np.stack(v) for k, v in d.items()} for m, d in scores.items()},

@@ -235,11 +235,13 @@ def plot_calibration(unc: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   k, cov = unc["draws"], unc["coverage"]
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6))
   ax.bar(np.arange(k + 1), [v or 0.0 for v in unc["pit"]], 0.9, color="C0")
   ax.axhline(unc["calibrated_tail"], color="k", ls="--", lw=1,
              label=f"calibrated, 1/(K+1) = {unc['calibrated_tail']:.3f}")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel(f"rank of the measured value among the {k} draws")
   ax.set_ylabel("share of scored entries")
   ax.set_title("PIT histogram", fontsize=9)
