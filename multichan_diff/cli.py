@@ -113,7 +113,7 @@ def _evaluate(args) -> dict:
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
                   views=args.views, continuous_draws=args.continuous_draws,
-                  overwrite=args.overwrite)
+                  regressor=args.regressor, overwrite=args.overwrite)
 
 
 def _calibrate(args) -> dict:
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--held-out", help="images, with --mode single: hold out only these "
                   "channels, each in turn (the same draws as in a run over every channel)")
   ev.add_argument("--out", required=True, help="report folder")
+  ev.add_argument("--regressor", help="an exported masked regressor (--config.network="
+                  "regressor) of the model's panel: its point estimate is scored as the "
+                  "baseline row masked_regressor, on the same observed channels")
   _add_sampling_args(ev)
   ev.set_defaults(func=_evaluate)
 
