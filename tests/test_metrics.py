@@ -161,7 +161,7 @@ def test_calibration_of_exchangeable_and_narrow_draws(k):
   hist = metrics.draw_ranks(narrow, true)
   assert (hist[[0, -1]] > flat[[0, -1]] + 0.05).all() and (hist[1:-1] < flat[1:-1]).all()
   assert (metrics.interval_coverage(narrow, true) < want[:, None] - 0.05).all()
-  pooled = metrics.DrawCalibration(k, 2)
+  pooled = metrics.DrawCalibration(k, 2, chunk=3000)
   for part in (slice(0, 1000), slice(1000, n)):
     pooled.add(narrow[:, part], true[part])
   res = pooled.result()

@@ -143,20 +143,22 @@ def calibrated_coverage(k: int, levels=COVERAGE_LEVELS) -> np.ndarray:
 
 class DrawCalibration:
   """`draw_ranks` and `interval_coverage` pooled over batches of entries (an evaluation set's
-  FOVs one at a time, so no more than one FOV's draws are held)."""
+  FOVs one at a time, so no more than one FOV's draws are held), each batch taken `chunk`
+  entries at a time (the quantiles' sorted copy stays small)."""
 
-  def __init__(self, k: int, channels: int, levels=COVERAGE_LEVELS):
+  def __init__(self, k: int, channels: int, levels=COVERAGE_LEVELS, chunk: int = 1 << 16):
     self.levels = tuple(levels)
     self.ranks = np.zeros((k + 1, channels))
     self.inside = np.zeros((len(self.levels), channels))
-    self.count = 0
+    self.count, self.chunk = 0, chunk
 
   def add(self, draws, true) -> None:
     """draws [K, N, C], true [N, C]."""
-    n = len(true)
-    self.ranks += n * draw_ranks(draws, true)
-    self.inside += n * interval_coverage(draws, true, self.levels)
-    self.count += n
+    for lo in range(0, len(true), self.chunk):
+      d, t = draws[:, lo:lo + self.chunk], true[lo:lo + self.chunk]
+      self.ranks += len(t) * draw_ranks(d, t)
+      self.inside += len(t) * interval_coverage(d, t, self.levels)
+      self.count += len(t)
 
   def result(self) -> dict[str, np.ndarray]:
     """{"pit": [K + 1, C], "coverage": [L, C]} shares of the entries added."""
