@@ -25,7 +25,7 @@ def _source_cells(attrs: dict, path: str):
   src = attrs["sources"][0]["path"]
   try:
     cells = readers.read_cells(src, attrs.get("protein_key", "protein_counts"),
-                               attrs.get("layer"))
+                               attrs.get("layer"), drop=attrs.get("dropped_channels", ()))
   except ValueError as e:
     raise ValueError(f"{path}: the baselines need the store's source file: {e}") from e
   if list(cells.cell_ids) != list(attrs["cell_ids"]):
