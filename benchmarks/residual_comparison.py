@@ -46,7 +46,8 @@ def one_seed(work: pathlib.Path, seed: int, smoke: bool) -> dict:
   arg = ":smoke" if smoke else ""
   times = {}
   _run(["prepare", "citeseq", "--input", str(DATA / "citeseq_teaseq_pbmc.h5ad"), "--out",
-        str(store), "--genes", "hvg:2000", "--test-fraction", "0.2", "--seed", str(seed)],
+        str(store), "--genes", "hvg:2000", "--gene-scale", "gene", "--test-fraction", "0.2",
+        "--seed", str(seed)],
        store)
   common = [f"--config.data.store={store}"]
   times["regressor"] = _run(["train", "--config",

@@ -28,7 +28,8 @@ def _prepare_citeseq(args) -> dict:
   from multichan_diff.data.prepare_cells import prepare_citeseq
   return prepare_citeseq(
       args.input, args.out, protein_key=args.protein_key, layer=args.layer, genes=args.genes,
-      rna_norm=args.rna_norm, protein_norm=args.protein_norm, test_fraction=args.test_fraction,
+      rna_norm=args.rna_norm, protein_norm=args.protein_norm, gene_scale=args.gene_scale,
+      test_fraction=args.test_fraction,
       val_fraction=args.val_fraction, split_by=args.split_by, seed=args.seed,
       drop_channels=_names(args.drop_channels), overwrite=args.overwrite)
 
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
   cs.add_argument("--genes", default="hvg:2000", help="hvg:N, all, or a file of gene names")
   cs.add_argument("--rna-norm", default="log1p_cp10k", choices=("log1p_cp10k",))
   cs.add_argument("--protein-norm", default="clr", choices=("clr",))
+  cs.add_argument("--gene-scale", default="global", choices=("global", "gene"),
+                  help="genes centred, then one scale for all (global) or a z-score each "
+                       "(gene: blows up rarely seen genes on small data sets)")
   cs.add_argument("--test-fraction", type=float, default=0.2)
   cs.add_argument("--val-fraction", type=float, default=0.1)
   cs.add_argument("--split-by", help="obs column whose groups go whole to the test split")

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       norm_groups=32,
       se_reduction=4,
       dropout=0.0,
+      linear_head=False,          # cells regressor: + a ridge map of the genes (closed form)
   ))
 
   config.diffusion = ml_collections.ConfigDict(dict(
@@ -83,6 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       patience=0,                 # stop after this many evals without a better val r (0: off)
       steps_from="",              # an exported model chosen on val: train its chosen steps
                                   # (the final fit on train + val)
+      sized=False,                # cells: batch, steps, evaluations and patience from the
+                                  # number of training cells (train/recipe.py)
   ))
 
   # The per-channel tile autoencoder (`multichan-diff train-autoencoder`): its `train` and
@@ -144,7 +147,7 @@ def shrink(config: ml_collections.ConfigDict) -> None:
   config.model.norm_groups = 8
   config.model.num_heads = 2
   config.train.update(batch_size=8, steps=20, log_every=5, eval_every=10, eval_batches=2,
-                      checkpoint_every=10)
+                      checkpoint_every=10, sized=False)
   config.optim.warmup_steps = 5
   config.autoencoder.model.widths = (8, 16)
   config.autoencoder.train.update(steps=20, batch_size=8, eval_every=10, checkpoint_every=10)

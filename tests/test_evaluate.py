@@ -274,17 +274,29 @@ def test_evaluate_cells_with_a_regressor(tmp_path, cells_model, capsys):
   from multichan_diff.impute.cells import sample_cells, to_clr
   from multichan_diff.impute.posterior import load_posterior
   _, st, model = cells_model
+  from multichan_diff.train.model_dir import load_model
+  from multichan_diff.train.ridge import loo_ridge
   reg = _regressor(tmp_path, "citeseq_teaseq.py:smoke", st, "--config.train.steps=3",
-                   "--config.train.batch_size=16")
+                   "--config.train.batch_size=16", "--config.model.linear_head=True",
+                   "--config.optim.weight_decay=0.1")
   capsys.readouterr()
+  # The exported linear head is the ridge fit on the training cells, untouched by training
+  # (no gradient, no weight decay).
+  attrs = store.read_attributes(str(st))
+  split = np.asarray(attrs["sample_split"])
+  train = split == store.SPLITS.index("train")
+  fit = loo_ridge(np.asarray(store.open_array(str(st), "cond").read().result())[train, 0, 0],
+                  np.asarray(store.open_array(str(st), "x0").read().result())[train, 0, 0])
+  head = load_model(reg)[0].linear_head
+  np.testing.assert_allclose(np.asarray(head.w[...]), fit.w, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(head.b[...]), fit.b, atol=1e-5)
   out = tmp_path / "report"
   assert main(["evaluate", "--model", str(model), "--store", str(st), "--out", str(out),
                "--samples", "2", "--steps", "1", "--regressor", reg]) == 0
   report = json.loads((out / "report.json").read_text())
   assert {"masked_regressor", "krr", "ridge_svd"} <= set(report["methods"])
   # Its r_p: its point estimate on the test cells, in CLR units.
-  attrs = store.read_attributes(str(st))
-  idx = np.flatnonzero(np.asarray(attrs["sample_split"]) == store.SPLITS.index("test"))
+  idx = np.flatnonzero(split == store.SPLITS.index("test"))
   genes = np.asarray(store.open_array(str(st), "cond")[idx].read().result())[:, 0, 0]
   truth = np.asarray(store.open_array(str(st), "x0")[idx].read().result())[:, 0, 0]
   posterior, meta = load_posterior(reg, samples=1, views=1)

@@ -3,6 +3,7 @@
 
 import anndata
 import numpy as np
+import pytest
 import pandas as pd
 
 from helpers import DATA, needs_data
@@ -26,18 +27,29 @@ def test_teaseq_prepares_with_train_only_statistics(tmp_path):
   x0 = store.open_array(str(out), "x0").read().result()[:, 0, 0]
   cond = store.open_array(str(out), "cond").read().result()[:, 0, 0]
   assert x0.shape == (1262, 46) and cond.shape == (1262, 500)
-  # z-scored with training statistics: mean 0 / std 1 on train, not on test.
+  # Proteins z-scored with training statistics: mean 0 / std 1 on train, not on test.
+  # Genes centred on train, one scale for all (--gene-scale global): unit mean square,
+  # each gene keeping its own spread.
   np.testing.assert_allclose(x0[split == 0].mean(0), 0, atol=1e-4)
-  np.testing.assert_allclose(cond[split == 0].std(0), 1, atol=1e-3)
+  np.testing.assert_allclose(x0[split == 0].std(0), 1, atol=1e-3)
   assert np.abs(x0[split == 2].mean(0)).max() > 1e-3
+  np.testing.assert_allclose(cond[split == 0].mean(0), 0, atol=1e-4)
+  assert np.mean(cond[split == 0] ** 2) == pytest.approx(1, abs=1e-3)
+  assert np.ptp(cond[split == 0].std(0)) > 0.1  # not each gene scaled to 1
+  assert attrs["rna_norm"]["scale"] == "global" and len(set(attrs["rna_norm"]["std"])) == 1
   # Proteins are CLR of the raw counts, recoverable with the stored statistics.
   raw = anndata.read_h5ad(TEA).obsm["protein_counts"].to_numpy()
   pn = attrs["protein_norm"]
   np.testing.assert_allclose(x0 * pn["std"] + np.asarray(pn["mean"]), clr(raw), atol=1e-4)
   # HVGs chosen on training cells only: another split seed changes the choice.
-  other = prepare_citeseq(str(TEA), str(tmp_path / "o.zarr"), genes="hvg:500", seed=1)
+  other = prepare_citeseq(str(TEA), str(tmp_path / "o.zarr"), genes="hvg:500", seed=1,
+                          gene_scale="gene")
   genes_other = store.read_attributes(other["store"])["genes"]
   assert genes_other != attrs["genes"]
+  # --gene-scale gene: each gene z-scored on the training cells
+  o_split = np.asarray(store.read_attributes(other["store"])["sample_split"])
+  o_cond = store.open_array(other["store"], "cond").read().result()[:, 0, 0]
+  np.testing.assert_allclose(o_cond[o_split == 0].std(0), 1, atol=1e-3)
   batch = next(make_iterator(make_dataset(str(out), "train", global_batch_size=16)))
   assert batch["cond"].shape == (16, 1, 1, 500) and "observed" not in batch
 

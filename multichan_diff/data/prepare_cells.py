@@ -98,10 +98,26 @@ def _zscore_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.where(std > 1e-6, std, 1.0)
 
 
+GENE_SCALES = ("global", "gene")
+
+
+def gene_scaling(x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) per gene of the training cells' log1p RNA [N, G]: centred per gene, then
+  one scale over all genes (`global`, each gene keeps its variance relative to the others)
+  or each gene's own (`gene`, a z-score). A z-score fitted on few cells blows up a rarely
+  seen gene in every other cell (its training std is tiny), and the network and the
+  linear head then overfit it."""
+  mean, std = _zscore_fit(x)
+  if how == "global":
+    std = np.full_like(std, max(float(np.sqrt(np.mean((x - mean) ** 2))), 1e-6))
+  return mean, std
+
+
 def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_counts",
                     layer: str | None = None,
                     genes: str = "hvg:2000", rna_norm: str = "log1p_cp10k",
-                    protein_norm: str = "clr", test_fraction: float = 0.2,
+                    protein_norm: str = "clr", gene_scale: str = "global",
+                    test_fraction: float = 0.2,
                     val_fraction: float = 0.1, split_by: str | None = None, seed: int = 0,
                     drop_channels: Sequence[str] = (), overwrite: bool = False) -> dict:
   """Writes the store and returns a summary. `drop_channels` leaves proteins out (an
@@ -111,6 +127,8 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
     raise ValueError(f"unknown --rna-norm {rna_norm!r}; supported: log1p_cp10k")
   if protein_norm != "clr":
     raise ValueError(f"unknown --protein-norm {protein_norm!r}; supported: clr")
+  if gene_scale not in GENE_SCALES:
+    raise ValueError(f"unknown --gene-scale {gene_scale!r}; one of {GENE_SCALES}")
   store.check_writable(out, overwrite)
   cells = readers.read_cells(input_path, protein_key, layer, drop_channels)
   n = len(cells.cell_ids)
@@ -120,7 +138,7 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
   rna = log1p_cp10k(cells.rna)
   gene_idx = select_genes(genes, rna[train], cells.genes)
   g = rna[:, gene_idx].toarray()
-  g_mean, g_std = _zscore_fit(g[train])
+  g_mean, g_std = gene_scaling(g[train], gene_scale)
   p = clr(cells.protein)
   p_mean, p_std = _zscore_fit(p[train])
   attrs = {
@@ -128,7 +146,8 @@ def prepare_citeseq(input_path: str, out: str, *, protein_key: str = "protein_co
       "genes": [cells.genes[i] for i in gene_idx],
       "cell_ids": cells.cell_ids, "sample_split": split.tolist(),
       "splits": {s: int((split == i).sum()) for i, s in enumerate(SPLITS)},
-      "rna_norm": {"kind": rna_norm, "mean": g_mean.tolist(), "std": g_std.tolist()},
+      "rna_norm": {"kind": rna_norm, "scale": gene_scale, "mean": g_mean.tolist(),
+                   "std": g_std.tolist()},
       "protein_norm": {"kind": protein_norm, "mean": p_mean.tolist(), "std": p_std.tolist()},
       "seed": seed, "split_by": split_by, "protein_key": protein_key, "layer": layer,
       "dropped_channels": list(drop_channels),

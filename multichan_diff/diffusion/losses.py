@@ -60,11 +60,15 @@ def regress(model, cond: jax.Array, cond_mask: jax.Array, shape) -> jax.Array:
 
   Where the condition is the target panel itself (images), D reads it as its input, so the
   UNet sees the observed channels directly (a masked U-Net regressor) and E beside it;
-  where the condition is another modality (cells: genes), D's input is zeros.
+  where the condition is another modality (cells: genes), D's input is zeros. A model with
+  a linear head adds it: the network's output is then a correction to a ridge fit.
   """
   own_panel = model.cfg.cond_channels is None
   x_in = cond if own_panel else jnp.zeros(shape, cond.dtype)
-  return model(x_in, jnp.zeros(shape[:1], jnp.float32), cond, cond_mask)
+  out = model(x_in, jnp.zeros(shape[:1], jnp.float32), cond, cond_mask)
+  if getattr(model, "linear_head", None) is not None:
+    out = out + model.linear_head(cond).astype(out.dtype)
+  return out
 
 
 def get_regression_loss_fn() -> Callable[..., Any]:

@@ -32,6 +32,10 @@ class ModelConfig:
     norm_groups: GroupNorm groups (capped to a divisor of each width).
     se_reduction: SE bottleneck ratio.
     dropout: dropout rate inside residual blocks.
+    linear_head: a regressor of another modality (cells: genes -> proteins) adds a linear
+      map of the condition to its output, solved in closed form (ridge) on the training
+      cells and held fixed; the network learns what the linear map misses. On a few
+      hundred cells a network alone loses to ridge; with the head it starts from it.
   """
 
   num_channels: int
@@ -51,6 +55,7 @@ class ModelConfig:
   norm_groups: int = 32
   se_reduction: int = 4
   dropout: float = 0.0
+  linear_head: bool = False
 
   def __post_init__(self):
     if self.num_channels < 1:
@@ -62,6 +67,9 @@ class ModelConfig:
       raise ValueError("widths must name at least one level")
     if not self.spatial and self.cond_channels is None:
       raise ValueError("the vector variant needs cond_channels (the gene count)")
+    if self.linear_head and self.cond_channels is None:
+      raise ValueError("linear_head maps another modality's condition (cells: genes) to the "
+                       "target; an image model's condition is its own panel")
     if isinstance(self.blocks_per_level, tuple) and len(self.blocks_per_level) != len(self.widths):
       raise ValueError(
           f"blocks_per_level {self.blocks_per_level} must give one count per level of widths {self.widths}")

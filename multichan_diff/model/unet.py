@@ -41,6 +41,19 @@ class OutputChannelAttention(nnx.Module):
     return y + self.proj(self.se(y))
 
 
+class LinearHead(nnx.Module):
+  """c [B, 1, 1, Cc] -> c @ w + b [B, 1, 1, C]. Its parameters are set in closed form
+  (`train.ridge`) and receive no gradient: the optimiser and EMA leave them as set."""
+
+  def __init__(self, in_channels: int, out_channels: int):
+    self.w = nnx.Param(jnp.zeros((in_channels, out_channels), jnp.float32))
+    self.b = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
+
+  def __call__(self, cond: jax.Array) -> jax.Array:
+    w, b = jax.lax.stop_gradient(self.w[...]), jax.lax.stop_gradient(self.b[...])
+    return jnp.asarray(cond, jnp.float32) @ w + b
+
+
 class ContextNet(nnx.Module):
   """E: [B, H, W, Cc (+ Cc mask)] -> [E_l(c)] with E_l the size and width of D_l.
 
@@ -155,6 +168,8 @@ class ConditionalUNet(nnx.Module):
                          zero_init=True)
     self.out_attn = (OutputChannelAttention(cfg.num_channels, se_reduction=cfg.se_reduction,
                                             rngs=rngs) if cfg.output_attention else None)
+    self.linear_head = (LinearHead(cfg.cond_channels, cfg.num_channels)
+                        if cfg.linear_head else None)
 
   @property
   def compute_dtype(self):

@@ -37,7 +37,7 @@ def export_model(workdir: str, out: str, overwrite: bool = False,
                        + (f" and the validation-best {chosen}" if chosen else ""))
     ckpts = best if step == chosen else latest
     run = ckpts.run_info(step)
-    s = setup(ml_collections.ConfigDict(run["config"]))
+    s = setup(ml_collections.ConfigDict(run["config"]), fit_head=False)
     state = ckpts.restore(step, s.state)
     selection = best.run_info(chosen) if chosen else None
   finally:

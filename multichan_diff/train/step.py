@@ -32,8 +32,10 @@ class TrainState:
 def make_optimizer(learning_rate: float = 2e-4, *, weight_decay: float = 0.0,
                    warmup_steps: int = 0, total_steps: int | None = None,
                    clip_norm: float | None = 1.0, b1: float = 0.9,
-                   b2: float = 0.999) -> optax.GradientTransformation:
-  """AdamW with linear warm-up, cosine decay to zero over `total_steps` (if given), clipping."""
+                   b2: float = 0.999, fixed: str | None = None) -> optax.GradientTransformation:
+  """AdamW with linear warm-up, cosine decay to zero over `total_steps` (if given), clipping.
+  fixed: a module name whose parameters are set in closed form and get no gradient (a
+  linear head), kept out of weight decay (decay alone would shrink them)."""
   if total_steps:
     lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
                                             max(total_steps, warmup_steps + 1))
@@ -42,7 +44,9 @@ def make_optimizer(learning_rate: float = 2e-4, *, weight_decay: float = 0.0,
   else:
     lr = learning_rate
   parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay))
+  mask = None if fixed is None else lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: f"[{fixed!r}]" not in jax.tree_util.keystr(path), params)
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask))
   return optax.chain(*parts)
 
 

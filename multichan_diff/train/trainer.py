@@ -28,6 +28,8 @@ from multichan_diff.model import ModelConfig, build_model
 from multichan_diff.train.checkpoint import BEST, Checkpoints
 from multichan_diff.train.metrics import MetricWriter, Progress
 from multichan_diff.train.model_dir import load_model, load_prediction, load_schedule, read_meta
+from multichan_diff.train.recipe import sized
+from multichan_diff.train.ridge import fit_linear_head
 from multichan_diff.train.sharding import batch_sharding, jit_train_step, make_mesh
 from multichan_diff.train.selection import channel_r, get_point_fn
 from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
@@ -85,7 +87,8 @@ def _store_attrs(config: ml_collections.ConfigDict) -> dict:
 
 
 def _setup(config, attrs, mcfg, model, **run) -> Setup:
-  tx = make_optimizer(**config.optim, total_steps=config.train.steps)
+  fixed = "linear_head" if getattr(mcfg, "linear_head", False) else None
+  tx = make_optimizer(**config.optim, total_steps=config.train.steps, fixed=fixed)
   graphdef, rest, state = init_train_state(model, tx)
   run = {"model": json.loads(json.dumps(dataclasses.asdict(mcfg))),
          "channels": attrs["channels"], "kind": attrs["kind"], **run, **_splits_key(config),
@@ -96,9 +99,11 @@ def _setup(config, attrs, mcfg, model, **run) -> Setup:
 NETWORKS = ("diffusion", "regressor")  # what `train` trains (the others have their verbs)
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
+def setup(config: ml_collections.ConfigDict, fit_head: bool = True) -> Setup:
   """The diffusion model's or the regressor's run (or, for a run config of
-  `autoencoder_config` or `distill_config`, the autoencoder's or the distillation's)."""
+  `autoencoder_config` or `distill_config`, the autoencoder's or the distillation's).
+  fit_head: solve a linear head on the training cells (False where a checkpoint's
+  parameters replace it anyway)."""
   network = config.get("network", "diffusion")
   if network == "autoencoder":
     return setup_autoencoder(config)
@@ -126,7 +131,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     run["network"] = "regressor"
   elif residual_of(config):
     run["residual_of"] = check_regressor(residual_of(config), attrs, config)
-  return _setup(config, attrs, mcfg, build_model(mcfg, config.train.seed),
+  if mcfg.linear_head and network != "regressor":
+    raise ValueError("model.linear_head is for a regressor (--config.network=regressor); a "
+                     "diffusion model gets the same through diffusion.residual_of")
+  model = build_model(mcfg, config.train.seed)
+  if mcfg.linear_head and fit_head:
+    fit_linear_head(model, config.data.store, train_splits(config))
+  return _setup(config, attrs, mcfg, model,
                 genes=attrs.get("genes"),
                 context_norm=context_norm(config) if attrs["kind"] == "images" else None, **run)
 
@@ -273,6 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the diffusion model (or the regressor) to `config.train.steps`, resuming from
   `workdir`; returns the last metrics."""
   maybe_initialize_distributed()
+  config = sized(config, _store_attrs(config), jax.device_count())
   s = setup(steps_from(config))
   diff = config.diffusion
   data_kw = dict(mask_p=diff.mask_p, context_norm=context_norm(config))

@@ -1,0 +1,62 @@
+"""The closed-form ridge map of a regressor's linear head (`ModelConfig.linear_head`).
+
+Fitted once, before training, on the cells the run trains on; its penalty is the one with
+the least leave-one-out error over a fixed grid, which needs no validation split (the final
+fit on train + val chooses it the same way) and costs one SVD.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from multichan_diff.data import store
+
+# Penalties tried, relative to the mean squared singular value of the centred genes (so
+# the grid does not depend on how the genes are scaled or how many cells there are).
+RELATIVE_ALPHAS = tuple(np.logspace(-4, 1, 11))
+
+
+class RidgeFit(NamedTuple):
+  w: np.ndarray        # [G, C]
+  b: np.ndarray        # [C]
+  alpha: float         # the chosen penalty
+  loo_errors: list     # mean squared leave-one-out error per penalty of the grid
+
+
+def loo_ridge(x: np.ndarray, y: np.ndarray, alphas=RELATIVE_ALPHAS) -> RidgeFit:
+  """x [N, G], y [N, C] -> ridge with an unpenalised intercept, its penalty the one of
+  `alphas` (times the mean squared singular value of the centred x) with the least
+  leave-one-out squared error, in closed form: the residual over 1 - the leverage, the hat
+  matrix of the centred design plus the intercept's 1 / N."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  n = len(x)
+  if n < 3:
+    raise ValueError(f"a linear head needs at least 3 training cells, got {n}")
+  xm, ym = x.mean(0), y.mean(0)
+  u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
+  uty = u.T @ (y - ym)
+  scale = float(np.mean(s ** 2)) or 1.0
+  errors = []
+  for rel in alphas:
+    f = s ** 2 / (s ** 2 + rel * scale)
+    leverage = np.minimum((u ** 2) @ f + 1.0 / n, 1.0 - 1e-9)
+    loo = ((y - ym) - u @ (f[:, None] * uty)) / (1.0 - leverage)[:, None]
+    errors.append(float(np.mean(loo ** 2)))
+  alpha = float(alphas[int(np.argmin(errors))]) * scale
+  w = vt.T @ ((s / (s ** 2 + alpha))[:, None] * uty)
+  return RidgeFit(w, ym - xm @ w, alpha, errors)
+
+
+def fit_linear_head(model, store_path: str, splits) -> float:
+  """Sets `model.linear_head` to the ridge map genes -> targets of the store's `splits`
+  cells; returns the chosen alpha."""
+  attrs = store.read_attributes(store_path)
+  idx = np.flatnonzero(store.in_splits(attrs, splits))
+  x = np.asarray(store.open_array(store_path, "cond").read().result())[idx, 0, 0]
+  y = np.asarray(store.open_array(store_path, "x0").read().result())[idx, 0, 0]
+  fit = loo_ridge(x, y)
+  model.linear_head.w[...] = np.asarray(fit.w, np.float32)
+  model.linear_head.b[...] = np.asarray(fit.b, np.float32)
+  return fit.alpha
