@@ -1,6 +1,6 @@
 """Cells of any CITE-seq data set (genes -> proteins), sized to it: the masked regressor of
-`citeseq_teaseq.py` with a linear head (ridge on the genes, solved on the training cells,
-the network learning what it misses), its batch, evaluations, patience and step cap set
+`citeseq_teaseq.py` with a linear head (ridge on the genes' principal components, solved
+on the training cells, the network learning what it misses), its batch, evaluations, patience and step cap set
 from the number of training cells (`train.sized`), its checkpoint chosen on the validation
 cells. The recipe for a data set this project has not seen; docs/results/sized.md.
 

@@ -27,26 +27,33 @@ def _ridge(x, y, alpha):
 
 def test_loo_errors_are_the_brute_force_leave_one_out_errors():
   x, y, _ = _data()
-  fit = loo_ridge(x, y)
-  scale = np.mean(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2)
-  for rel, err in zip(RELATIVE_ALPHAS[::3], fit.loo_errors[::3]):
+  fit = loo_ridge(x, y, ranks=(4, None))
+  xc = x - x.mean(0)
+  _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+  scale = np.mean(sv ** 2)
+  for rank, rel in [(4, RELATIVE_ALPHAS[0]), (4, RELATIVE_ALPHAS[6]), (12, RELATIVE_ALPHAS[3]),
+                    (12, RELATIVE_ALPHAS[9])]:
+    z = xc @ vt[:rank].T  # the training cells' components, fixed
     sq = []
     for i in range(len(x)):
       keep = np.arange(len(x)) != i
-      w, b = _ridge(x[keep], y[keep], rel * scale)
-      sq.append((x[i] @ w + b - y[i]) ** 2)
-    assert err == pytest.approx(np.mean(sq), rel=1e-6)
-  # the chosen penalty is the least of them, and the fit is that penalty's ridge
-  assert fit.alpha == pytest.approx(RELATIVE_ALPHAS[int(np.argmin(fit.loo_errors))] * scale)
-  w, b = _ridge(x, y, fit.alpha)
-  np.testing.assert_allclose(fit.w, w, atol=1e-8)
-  np.testing.assert_allclose(fit.b, b, atol=1e-8)
+      w, b = _ridge(z[keep], y[keep], rel * scale)
+      sq.append((z[i] @ w + b - y[i]) ** 2)
+    assert fit.loo_errors[(rank, rel)] == pytest.approx(np.mean(sq), rel=1e-6)
+  # the chosen pair is the least of them, and the fit is its ridge on those components
+  rank, rel = min(fit.loo_errors, key=fit.loo_errors.get)
+  assert (fit.rank, fit.alpha) == (rank, pytest.approx(rel * scale))
+  z = xc @ vt[:rank].T
+  w, b = _ridge(z, y, fit.alpha)
+  np.testing.assert_allclose(fit.w, vt[:rank].T @ w, atol=1e-8)
+  np.testing.assert_allclose(x @ fit.w + fit.b, z @ w + b, atol=1e-8)
 
 
-def test_the_penalty_follows_the_noise():
+def test_noise_raises_the_penalty_or_cuts_the_components():
   x, clean, _ = _data(noise=0.01)
   _, noisy, _ = _data(noise=5.0)
-  assert loo_ridge(x, noisy).alpha > 10 * loo_ridge(x, clean).alpha
+  c, n = loo_ridge(x, clean), loo_ridge(x, noisy)
+  assert n.alpha > 10 * c.alpha or n.rank < c.rank
 
 
 def test_more_genes_than_cells_and_too_few_cells():

@@ -33,7 +33,7 @@ class ModelConfig:
     se_reduction: SE bottleneck ratio.
     dropout: dropout rate inside residual blocks.
     linear_head: a regressor of another modality (cells: genes -> proteins) adds a linear
-      map of the condition to its output, solved in closed form (ridge) on the training
+      map of the condition to its output, solved in closed form (`train.ridge`) on the training
       cells and held fixed; the network learns what the linear map misses. On a few
       hundred cells a network alone loses to ridge; with the head it starts from it.
   """
