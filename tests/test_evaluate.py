@@ -275,7 +275,7 @@ def test_evaluate_cells_with_a_regressor(tmp_path, cells_model, capsys):
   from multichan_diff.impute.posterior import load_posterior
   _, st, model = cells_model
   from multichan_diff.train.model_dir import load_model
-  from multichan_diff.train.ridge import loo_ridge
+  from multichan_diff.train.ridge import cv_ridge
   reg = _regressor(tmp_path, "citeseq_teaseq.py:smoke", st, "--config.train.steps=3",
                    "--config.train.batch_size=16", "--config.model.linear_head=True",
                    "--config.optim.weight_decay=0.1")
@@ -285,7 +285,7 @@ def test_evaluate_cells_with_a_regressor(tmp_path, cells_model, capsys):
   attrs = store.read_attributes(str(st))
   split = np.asarray(attrs["sample_split"])
   train = split == store.SPLITS.index("train")
-  fit = loo_ridge(np.asarray(store.open_array(str(st), "cond").read().result())[train, 0, 0],
+  fit = cv_ridge(np.asarray(store.open_array(str(st), "cond").read().result())[train, 0, 0],
                   np.asarray(store.open_array(str(st), "x0").read().result())[train, 0, 0])
   head = load_model(reg)[0].linear_head
   np.testing.assert_allclose(np.asarray(head.w[...]), fit.w, atol=1e-5)

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import perturb_params, tiny_model
 from multichan_diff.diffusion.losses import get_regression_loss_fn, regress
-from multichan_diff.train.ridge import RELATIVE_ALPHAS, loo_ridge
+from multichan_diff.train.ridge import RELATIVE_ALPHAS, cv_ridge
 from multichan_diff.train.step import init_train_state, make_optimizer, make_train_step
 
 
@@ -25,43 +25,43 @@ def _ridge(x, y, alpha):
   return w, ym - xm @ w
 
 
-def test_loo_errors_are_the_brute_force_leave_one_out_errors():
+def test_cv_errors_are_brute_force_k_fold_errors_with_each_folds_own_components():
   x, y, _ = _data()
-  fit = loo_ridge(x, y, ranks=(4, None))
-  xc = x - x.mean(0)
-  _, sv, vt = np.linalg.svd(xc, full_matrices=False)
-  scale = np.mean(sv ** 2)
+  fit = cv_ridge(x, y, ranks=(4, None), folds=4, seed=3)
+  scale = np.mean(np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2)
+  fold = np.random.default_rng(3).permutation(len(x)) % 4
   for rank, rel in [(4, RELATIVE_ALPHAS[0]), (4, RELATIVE_ALPHAS[6]), (12, RELATIVE_ALPHAS[3]),
                     (12, RELATIVE_ALPHAS[9])]:
-    z = xc @ vt[:rank].T  # the training cells' components, fixed
-    sq = []
-    for i in range(len(x)):
-      keep = np.arange(len(x)) != i
-      w, b = _ridge(z[keep], y[keep], rel * scale)
-      sq.append((z[i] @ w + b - y[i]) ** 2)
-    assert fit.loo_errors[(rank, rel)] == pytest.approx(np.mean(sq), rel=1e-6)
-  # the chosen pair is the least of them, and the fit is its ridge on those components
-  rank, rel = min(fit.loo_errors, key=fit.loo_errors.get)
+    sq = 0.0
+    for k in range(4):
+      tr, te = fold != k, fold == k
+      xm = x[tr].mean(0)
+      vt = np.linalg.svd(x[tr] - xm, full_matrices=False)[2][:rank]
+      w, b = _ridge((x[tr] - xm) @ vt.T, y[tr], rel * scale)
+      sq += np.sum(((x[te] - xm) @ vt.T @ w + b - y[te]) ** 2)
+    assert fit.cv_errors[(rank, rel)] == pytest.approx(sq / y.size, rel=1e-6)
+  # the chosen pair is the least of them, and the fit is its ridge on all the cells
+  rank, rel = min(fit.cv_errors, key=fit.cv_errors.get)
   assert (fit.rank, fit.alpha) == (rank, pytest.approx(rel * scale))
-  z = xc @ vt[:rank].T
-  w, b = _ridge(z, y, fit.alpha)
-  np.testing.assert_allclose(fit.w, vt[:rank].T @ w, atol=1e-8)
-  np.testing.assert_allclose(x @ fit.w + fit.b, z @ w + b, atol=1e-8)
+  xc = x - x.mean(0)
+  vt = np.linalg.svd(xc, full_matrices=False)[2][:rank]
+  w, b = _ridge(xc @ vt.T, y, fit.alpha)
+  np.testing.assert_allclose(x @ fit.w + fit.b, xc @ vt.T @ w + b, atol=1e-8)
 
 
 def test_noise_raises_the_penalty_or_cuts_the_components():
   x, clean, _ = _data(noise=0.01)
   _, noisy, _ = _data(noise=5.0)
-  c, n = loo_ridge(x, clean), loo_ridge(x, noisy)
+  c, n = cv_ridge(x, clean), cv_ridge(x, noisy)
   assert n.alpha > 10 * c.alpha or n.rank < c.rank
 
 
 def test_more_genes_than_cells_and_too_few_cells():
-  x, y, _ = _data(n=10, g=50)
-  fit = loo_ridge(x, y)
+  x, y, _ = _data(n=12, g=50)
+  fit = cv_ridge(x, y)
   assert fit.w.shape == (50, 3) and np.all(np.isfinite(fit.w))
-  with pytest.raises(ValueError, match="at least 3"):
-    loo_ridge(x[:2], y[:2])
+  with pytest.raises(ValueError, match="at least 10"):
+    cv_ridge(x[:9], y[:9])
 
 
 def _cells_regressor(**kw):
