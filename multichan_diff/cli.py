@@ -95,6 +95,8 @@ def _impute(args) -> dict:
     if args.observed or args.missing:
       raise ValueError("a cells model predicts every protein from the RNA; --observed and "
                        "--missing apply to images")
+    if args.format != "ome-tiff":
+      raise ValueError(f"--format {args.format} applies to images; a cells model writes an h5ad")
     from multichan_diff.impute.cells import impute_cells
     return impute_cells(args.model, args.input, args.out, layer=args.layer,
                         batch_size=args.batch_size or 256, **common)
@@ -103,7 +105,7 @@ def _impute(args) -> dict:
                        missing=_names(args.missing), overlap=args.overlap,
                        batch_size=args.batch_size or 16, panel_csv=args.panel,
                        name_map=args.name_map, continuous_draws=args.continuous_draws,
-                       **common)
+                       out_format=args.format, **common)
 
 
 def _evaluate(args) -> dict:
@@ -114,7 +116,8 @@ def _evaluate(args) -> dict:
                   steps=args.steps, seed=args.seed, overlap=args.overlap,
                   batch_size=args.batch_size, name_map=args.name_map, point=args.point,
                   views=args.views, continuous_draws=args.continuous_draws,
-                  regressor=args.regressor, overwrite=args.overwrite)
+                  regressor=args.regressor, masks=args.masks, segment=args.segment,
+                  nuclear_diameter=args.nuclear_diameter, overwrite=args.overwrite)
 
 
 def _calibrate(args) -> dict:
@@ -124,10 +127,26 @@ def _calibrate(args) -> dict:
                    overwrite=args.overwrite)
 
 
+def _design_panel(args) -> dict:
+  from multichan_diff.evaluate.panel_design import design_panel
+  return design_panel(args.model, args.store, args.out, k=args.k, start=_names(args.start),
+                      split=args.split, tiles=args.tiles, cells=args.cells,
+                      samples=args.samples, views=args.views, batch_size=args.batch_size,
+                      seed=args.seed, name_map=args.name_map, overwrite=args.overwrite)
+
+
 def _demo(args) -> dict:
   from multichan_diff.demo import run_demo
   return run_demo(args.out, data=args.data, panel=args.panel, steps=args.steps,
                   tile=args.tile, bin_size=args.bin, overwrite=args.overwrite)
+
+
+def _quantify(args) -> dict:
+  from multichan_diff.quantify.table import quantify
+  return quantify(args.input, args.out, mask=args.mask, std=args.std, segment=args.segment,
+                  nuclear_diameter=args.nuclear_diameter, expand=args.expand,
+                  observed=_names(args.observed), missing=_names(args.missing),
+                  overwrite=args.overwrite)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -261,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
   im = verbs.add_parser(
       "impute", help="impute missing channels (images) or proteins (cells) with uncertainty",
       description="Images: OUT is a folder with <fov>.ome.tif (full panel) and "
-      "<fov>_std.ome.tif. Cells: OUT is the input h5ad with obsm['protein_predicted'] and "
-      "obsm['protein_predicted_std'].")
+      "<fov>_std.ome.tif (--format ome-zarr: <fov>.ome.zarr and <fov>_std.ome.zarr). Cells: "
+      "OUT is the input h5ad with obsm['protein_predicted'] and obsm['protein_predicted_std'].")
   im.add_argument("--model", required=True, help="a folder written by `multichan-diff export`"
                   ", or several, comma-separated: an ensemble (K samples from each, the "
                   "point estimate their mean)")
@@ -273,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_sampling_args(im)
   im.add_argument("--panel", help="panel.csv for plain TIFFs")
   im.add_argument("--layer", help="cells: read RNA counts from this layer instead of X")
+  im.add_argument("--format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff",
+                  help="images: the files written per FOV (ome-zarr: NGFF 0.5 with a pyramid)")
   im.set_defaults(func=_impute)
 
   ev = verbs.add_parser(
@@ -295,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--regressor", help="an exported masked regressor (--config.network="
                   "regressor) of the model's panel: its point estimate is scored as the "
                   "baseline row masked_regressor, on the same observed channels")
+  cells = ev.add_mutually_exclusive_group()
+  cells.add_argument("--masks", help="images: a folder of cell masks (label TIFFs named by "
+                     "FOV, as for quantify; at the store's pixel size or the source's) to add "
+                     "cell_pearson, Pearson r over cells of the per-cell means")
+  cells.add_argument("--segment", metavar="nuclear:CHANNEL",
+                     help="images, no masks at hand: cell_pearson over a ROUGH nuclear "
+                     "segmentation of the store's CHANNEL")
+  ev.add_argument("--nuclear-diameter", type=float,
+                  help="--segment: nuclei's diameter in the store's pixels (default 10 "
+                  "source pixels, binned)")
   _add_sampling_args(ev)
   ev.set_defaults(func=_evaluate)
 
@@ -315,6 +346,32 @@ def build_parser() -> argparse.ArgumentParser:
   ca.add_argument("--overwrite", action="store_true")
   ca.set_defaults(func=_calibrate)
 
+  dp = verbs.add_parser(
+      "design-panel", help="choose the k markers to measure so that the rest are imputed best",
+      description="Greedy forward selection on a split: each step adds the marker whose "
+      "measurement gives the highest mean Pearson r of the channels still imputed (the "
+      "model's point estimate on a fixed sample of tiles or cells), beside a ridge baseline "
+      "refit per panel. Writes OUT/panel.json, panel.png and panel.md.")
+  dp.add_argument("--model", required=True, help="an exported model (or several, comma-"
+                  "separated: an ensemble)")
+  dp.add_argument("--store", required=True, help="a store of the model's panel")
+  dp.add_argument("--out", required=True, help="output folder")
+  dp.add_argument("--k", type=int, required=True, help="markers to add")
+  dp.add_argument("--start", metavar="NAME,...", help="markers measured anyway (cells: "
+                  "proteins; the genes are always observed)")
+  dp.add_argument("--split", choices=("val", "test", "train"), default="val")
+  dp.add_argument("--tiles", type=int, default=32, help="images: tiles scored (seeded)")
+  dp.add_argument("--cells", type=int, help="cells: cells scored (seeded; default: all)")
+  dp.add_argument("--samples", type=int, default=1,
+                  help="noise draws averaged into the point estimate")
+  dp.add_argument("--views", type=int, choices=(1, 2, 4, 8),
+                  help="images: orientations the draws are shared among")
+  dp.add_argument("--batch-size", type=int, help="images: tiles per call (default 16)")
+  dp.add_argument("--seed", type=int, default=0)
+  dp.add_argument("--name-map", help="CSV 'name,alias' of channel synonyms")
+  dp.add_argument("--overwrite", action="store_true")
+  dp.set_defaults(func=_design_panel)
+
   de = verbs.add_parser(
       "demo", help="prepare, train, impute and evaluate on built-in synthetic tissue",
       description="The whole path in a few CPU minutes on the built-in synthetic tissue, or "
@@ -328,6 +385,33 @@ def build_parser() -> argparse.ArgumentParser:
   de.add_argument("--bin", type=int, default=1)
   de.add_argument("--overwrite", action="store_true")
   de.set_defaults(func=_demo)
+
+  qu = verbs.add_parser(
+      "quantify", help="per-cell table (AnnData .h5ad) of imputed images over a cell mask",
+      description="OUT.h5ad: X = each cell's mean of every channel, var['imputed'], "
+      "layers['std'] = the cell's mean of the imputed channels' std image (NaN on observed "
+      "channels), obs fov, label, area, centroid_y, centroid_x, obsm['spatial'] = (x, y).")
+  qu.add_argument("--input", required=True, help="an imputed <fov>.ome.tif (as `impute` "
+                  "writes it) or a folder of them: one table, obs['fov'] names the FOV")
+  qu.add_argument("--mask", help="a label TIFF (integers, 0 = background: steinbock, Mesmer, "
+                  "Cellpose) at the image's size, or a folder of them named <fov>.tif[f] "
+                  "(or <fov>_mask, _masks, _labels, _cp_masks, _whole_cell)")
+  qu.add_argument("--segment", metavar="nuclear:CHANNEL",
+                  help="no mask at hand: a ROUGH fallback that segments nuclei from CHANNEL "
+                  "(smooth, Otsu threshold, distance-transform watershed); use a real "
+                  "segmentation tool for analysis")
+  qu.add_argument("--nuclear-diameter", type=float, default=10.0, metavar="PIXELS",
+                  help="--segment: a typical nucleus's diameter in the image's pixels")
+  qu.add_argument("--expand", type=int, default=0, metavar="PIXELS",
+                  help="--segment: grow each nucleus by this many pixels")
+  qu.add_argument("--std", help="the std image(s) (default: <fov>_std.ome.tif beside each "
+                  "image, when there)")
+  qu.add_argument("--observed", help="images that do not record which channels were "
+                  "imputed: the observed channels (comma-separated)")
+  qu.add_argument("--missing", help="the same: the imputed channels")
+  qu.add_argument("--out", required=True, help="the .h5ad to write")
+  qu.add_argument("--overwrite", action="store_true")
+  qu.set_defaults(func=_quantify)
   return parser
 
 

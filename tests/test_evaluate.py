@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import html5lib
 import jax
 import numpy as np
 import pytest
@@ -127,6 +128,9 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   for name in ("report.md", "per_channel.png", "examples.png"):
     assert (out / name).stat().st_size > 0
   assert "| CD3 |" in (out / "report.md").read_text()
+  page = html5lib.parse((out / "report.html").read_text(encoding="utf-8"),
+                        namespaceHTMLElements=False)
+  assert len(page.findall(".//table")) == 3 and len(page.findall(".//img")) == 3
   assert report["views"] == 2 and "2 orientations" in (out / "report.md").read_text()
   unc = report["uncertainty"]  # calibration of the 2 draws, on the scored channels only
   assert unc["draws"] == 2 and unc["calibrated_tail"] == pytest.approx(1 / 3)
@@ -167,6 +171,54 @@ def test_evaluate_images_end_to_end(tmp_path, store_path, image_model, capsys):
   assert main(["evaluate", "--model", image_model, "--store", store_path, "--channels",
                "CD3,CD999", "--out", str(tmp_path / "r4")]) == 2
   assert "--channels" in capsys.readouterr().err and not (tmp_path / "r4").exists()
+
+
+@needs_data
+def test_evaluate_images_cell_level_scores(tmp_path, store_path, image_model, capsys):
+  import tifffile
+  run = ["evaluate", "--model", image_model, "--store", store_path, "--mode", "panel",
+         "--panel", "CD45,PanKRT,HH3,VIM,SMA", "--samples", "2", "--steps", "1", "--views", "1"]
+  # A source-resolution mask (the store bins by 8) whose cells are the store's pixels: each
+  # cell's mean is its pixel, so the cell-level r is the pixel r.
+  (fov,) = read_fovs(store_path, "test")
+  h, w = fov.image.shape[:2]
+  masks = tmp_path / "masks"
+  masks.mkdir()
+  cells = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
+  tifffile.imwrite(masks / "Point2206.tif", np.kron(cells, np.ones((8, 8), np.int32)))
+  assert main([*run, "--masks", str(masks), "--out", str(tmp_path / "r")]) == 0
+  report = json.loads((tmp_path / "r" / "report.json").read_text())
+  assert report["cells"]["count"] == h * w
+  for method in report["methods"].values():
+    for figures in method["per_channel"].values():
+      if figures["pearson"] is None:
+        assert figures["cell_pearson"] is None
+      else:
+        assert figures["cell_pearson"] == pytest.approx(figures["pearson"], abs=1e-5)
+  assert f"over {h * w} cells (masks in" in (tmp_path / "r" / "report.md").read_text()
+  # The rough segmentation: fewer, larger cells, every method scored on them.
+  assert main([*run, "--segment", "nuclear:HH3", "--out", str(tmp_path / "s")]) == 0
+  report = json.loads((tmp_path / "s" / "report.json").read_text())
+  assert 0 < report["cells"]["count"] < h * w
+  for method in report["methods"].values():
+    assert -1 <= method["mean"]["cell_pearson"] <= 1
+    assert method["per_channel"]["CD3"]["cell_pearson"] is not None
+    assert method["per_channel"]["CD45"]["cell_pearson"] is None
+  page = html5lib.parse((tmp_path / "s" / "report.html").read_text(encoding="utf-8"),
+                        namespaceHTMLElements=False)
+  assert "cell_pearson" in [th.text for th in page.findall(".//table")[0].iter("th")]
+  capsys.readouterr()
+  # No mask for the FOV, a float mask, a mask too small: clear errors, nothing written.
+  (masks / "Point2206.tif").rename(masks / "Other.tif")
+  assert main([*run, "--masks", str(masks), "--out", str(tmp_path / "e1")]) == 2
+  assert "no mask for the FOV 'Point2206'" in capsys.readouterr().err
+  tifffile.imwrite(masks / "Point2206.tif", np.ones((h, w), np.float32))
+  assert main([*run, "--masks", str(masks), "--out", str(tmp_path / "e2")]) == 2
+  assert "not integers" in capsys.readouterr().err
+  tifffile.imwrite(masks / "Point2206.tif", cells[: h // 2])
+  assert main([*run, "--masks", str(masks), "--out", str(tmp_path / "e3")]) == 2
+  assert "smaller than the FOV" in capsys.readouterr().err
+  assert not any((tmp_path / e).exists() for e in ("e1", "e2", "e3"))
 
 
 @needs_data

@@ -158,8 +158,8 @@ def test_two_clones_of_one_marker_prepare_and_one_can_be_dropped(tmp_path, capsy
   assert attrs["dropped_channels"] == ["PD1_TotalSeqB", "TIGIT_TotalSeqB"]
   assert store.open_array(str(tmp_path / "one.zarr"), "x0").shape == (200, 1, 1, 28)
   # evaluate's baselines re-read the source file without the dropped proteins too
-  from multichan_diff.evaluate.cells import _source_cells
-  assert _source_cells(attrs, str(tmp_path / "one.zarr")).protein.shape == (200, 28)
+  from multichan_diff.evaluate.cells import source_cells
+  assert source_cells(attrs, str(tmp_path / "one.zarr")).protein.shape == (200, 28)
   capsys.readouterr()
   assert main([*base, "--out", str(tmp_path / "bad.zarr"), "--drop-channels", "PD2"]) == 2
   err = capsys.readouterr().err

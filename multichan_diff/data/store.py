@@ -72,6 +72,22 @@ def atomic_dir(out: str, overwrite: bool = False) -> Iterator[str]:
     os.rename(tmp, out)
 
 
+@contextlib.contextmanager
+def atomic_file(out: str) -> Iterator[str]:
+  """Yields a temporary file path beside `out` that replaces `out` when the block succeeds."""
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, out)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def create_group(path: str, attributes: dict[str, Any]) -> None:
   """A zarr v3 group: the store's root, holding its attributes."""
   os.makedirs(path, exist_ok=True)

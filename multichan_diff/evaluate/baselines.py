@@ -38,8 +38,8 @@ def _solve_pd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a), b)
 
 
-def _ridge_coefs(gram: np.ndarray, mean: np.ndarray, sel: np.ndarray, targets: np.ndarray,
-                 alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def ridge_coefs(gram: np.ndarray, mean: np.ndarray, sel: np.ndarray, targets: np.ndarray,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
   """Ridge of features `targets` on features `sel` from the centred Gram: -> W [S, M], b [M]."""
   if not len(sel):
     return np.zeros((0, len(targets))), mean[targets]
@@ -95,7 +95,7 @@ class ImageBaselines:
     sel = self._features(observed, name.endswith("smoothed"))
     w = np.zeros((self.gram.shape[0], len(missing)))
     if name.startswith("ridge"):
-      w[sel], b = _ridge_coefs(self.gram, self.mean, sel, missing, self.alpha)
+      w[sel], b = ridge_coefs(self.gram, self.mean, sel, missing, self.alpha)
       return w, b
     if not len(sel):  # nothing observed: the training mean
       return w, self.mean[missing]
@@ -109,20 +109,25 @@ class ImageBaselines:
     observed = np.asarray(observed, bool)
     if observed.shape != (self.num_channels,):
       raise ValueError(f"observed must be bool [{self.num_channels}], got {observed.shape}")
+    return {name: self.predict_features(name, self.test_features, observed)
+            for name in IMAGE_BASELINES}
+
+  def predict_features(self, name: str, features: Sequence[np.ndarray],
+                       observed) -> list[np.ndarray]:
+    """One baseline on `feature_stack`s [..., F] of whole FOVs or of crops of them (tiles
+    cut after smoothing, so their borders see the FOV) -> [prediction [..., C] each]."""
+    observed = np.asarray(observed, bool)
     missing = np.flatnonzero(~observed)
     c = self.num_channels
-    out = {}
-    for name in IMAGE_BASELINES:
-      w, b = self._coefs(name, observed, missing)
-      w, b = w.astype(np.float32), b.astype(np.float32)
-      preds = []
-      for x in self.test_features:
-        p = x[..., :c].copy()
-        if len(missing):
-          p[..., missing] = x @ w + b
-        preds.append(p)
-      out[name] = preds
-    return out
+    w, b = self._coefs(name, observed, missing)
+    w, b = w.astype(np.float32), b.astype(np.float32)
+    preds = []
+    for x in features:
+      p = x[..., :c].copy()
+      if len(missing):
+        p[..., missing] = x @ w + b
+      preds.append(p)
+    return preds
 
 
 # --- cells -------------------------------------------------------------------------------

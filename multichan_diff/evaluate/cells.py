@@ -20,7 +20,7 @@ from multichan_diff.impute.cells import sample_cells, to_clr
 from multichan_diff.impute.posterior import Posterior
 
 
-def _source_cells(attrs: dict, path: str):
+def source_cells(attrs: dict, path: str):
   """The store's source cells, checked against the store (same cells, same file)."""
   src = attrs["sources"][0]["path"]
   try:
@@ -63,7 +63,7 @@ def evaluate_cells(posterior: Posterior, store_path: str, meta: dict, *, split: 
                          progress=progress)[1]
     preds[name] = to_clr(point, other_meta)
   if baselines:
-    cells = _source_cells(attrs, store_path)
+    cells = source_cells(attrs, store_path)
     rna = log1p_cp10k(cells.rna)
     fit = store.in_splits(attrs, fit_splits(split))
     preds.update(cell_baselines(rna[fit], rna[idx], clr(cells.protein)[fit], seed=seed))

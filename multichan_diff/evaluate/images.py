@@ -14,7 +14,7 @@ import numpy as np
 
 from multichan_diff.data import store
 from multichan_diff.data.pipeline import StoreSource
-from multichan_diff.evaluate import metrics
+from multichan_diff.evaluate import cell_level, metrics
 from multichan_diff.evaluate.baselines import ImageBaselines
 from multichan_diff.impute.images import sample_image
 from multichan_diff.impute.posterior import Posterior
@@ -141,7 +141,7 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
                     tile: int, overlap: int, context_norm: str | None = "global",
                     keep: list[int] | None = None, held_out: list[int] | None = None,
                     points: dict[str, PointModel] | None = None, seed: int = 0,
-                    progress: bool = True) -> dict:
+                    cells: dict | None = None, progress: bool = True) -> dict:
   """Scores of the model (posterior mean, and one sample) and of every baseline.
 
   keep: the store channels used (observed or scored), or None for all; the rest are as if
@@ -149,7 +149,9 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   compared on the channels they share). channel_index [C_kept]: each kept channel's index
   in the model's panel (a union model is scored on one of its panels). held_out (`single`
   only): the kept channels held out in turn, or None for all. points: rows of other models'
-  point estimates, by name (each with the model's panel). Returns
+  point estimates, by name (each with the model's panel). cells: `cell_level.read_cells`'s
+  keywords (masks or segment, diameter) to add "cell_pearson" to every method's scores.
+  Returns
   {"channels", "sets", "scores": {method: {metric: [S, C] with NaN where a channel was
   observed}}, "uncertainty": {"draws": K, metric: [S, C], "pit": [S, K + 1, C]}
   (`metrics.uncertainty` of the posterior's draws, the coverage of their central intervals
@@ -164,6 +166,10 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
                    for fovs in (test, train))
     channels = [channels[k] for k in keep]
   sets = observed_sets(mode, channels, panel, held_out)
+  labels = None
+  if cells is not None:
+    labels = cell_level.read_cells(test, channels, bin_size=store.read_attributes(
+        store_path)["bin"], **cells)
   # a held-out channel draws as in a full `single` run, so a part of one is that part
   ids = held_out if held_out else range(len(sets))
   baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
@@ -204,7 +210,11 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
              **baselines.predict(observed)}
     truth = _pool([f.image for f in test], test, missing)  # once per set, for every method
     for name, pred in preds.items():
-      for metric, values in _scores(pred, truth, test, missing).items():
+      sc = _scores(pred, truth, test, missing)
+      if labels is not None:
+        sc["cell_pearson"] = cell_level.cell_pearson(pred, [f.image for f in test], labels,
+                                                     missing)
+      for metric, values in sc.items():
         scores.setdefault(name, {}).setdefault(metric, []).append(_row(values, missing))
     unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)), truth)
     for metric, values in {**unc, **calibration_rows(calibration)}.items():
@@ -213,7 +223,8 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
           "scores": {m: {k: np.stack(v) for k, v in d.items()} for m, d in scores.items()},
           "uncertainty": {"draws": draws.shape[0],
                           **{k: np.stack(v) for k, v in uncertainty.items()}},
-          "examples": examples}
+          "examples": examples,
+          **({"cells": {"count": labels.count, "source": labels.source}} if labels else {})}
 
 
 def sample_rows(posterior: Posterior, samples_mean, one_sample) -> dict:

@@ -1,7 +1,8 @@
 """Evaluation results as files: report.json, report.md (model vs every baseline, per
-channel and overall; its first line says whether the model is below the best baseline)
-and the plots (per-channel bars against the best baseline; truth / prediction /
-uncertainty crops for images; predicted vs measured for cells; the draws' calibration)."""
+channel and overall; its first line says whether the model is below the best baseline),
+the plots (per-channel bars against the best baseline; truth / prediction / uncertainty
+crops for images; predicted vs measured for cells; the draws' calibration) and report.html
+(report.md's text and tables with the plots, in one file)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from multichan_diff.evaluate import metrics
+from multichan_diff.evaluate import metrics, report_html
+from multichan_diff.evaluate.report_html import Image, Para, Section, Table
 
 BASELINE_EXCLUDE = ("model", "model_1_sample", "model_samples_mean")
 HEADLINE_WORDS = {"pearson": "mean Pearson r", "r_p": "r_p"}
@@ -110,17 +112,18 @@ def _pair(a: float, b: float) -> tuple[str, str]:
   return fa, fb
 
 
-def _floor_line(summary: dict) -> list[str]:
-  """The line under the title: the model against the best baseline, plainly."""
+def floor_sentence(summary: dict) -> str | None:
+  """The line under the title: the model against the best baseline, plainly (None: nothing
+  to compare)."""
   below, best = summary["below_best_baseline"], summary["best_baseline"]
   if below is None:
-    return []
+    return None
   key = summary["headline"]
   model, base = _pair(summary["methods"]["model"]["mean"][key],
                       summary["methods"][best]["mean"][key])
   where = "below" if below else "at or above"
-  return ["", f"The model is {where} the best baseline ({best}, {HEADLINE_WORDS[key]} "
-          f"{model} against {base}) on this split."]
+  return (f"The model is {where} the best baseline ({best}, {HEADLINE_WORDS[key]} "
+          f"{model} against {base}) on this split.")
 
 
 def _list(values) -> str:
@@ -139,13 +142,13 @@ def _coverage_line(unc: dict) -> str:
           "of the entries when calibrated).")
 
 
-def _uncertainty_lines(unc: dict) -> list[str]:
-  """The calibration paragraph of report.md."""
+def uncertainty_paragraph(unc: dict) -> str | None:
+  """The calibration paragraph of the report (None: no entry was scored)."""
   m = unc["mean"]
   if m["below"] is None:
-    return []
+    return None
   rho = m["std_error_spearman"]
-  return ["", f"Uncertainty, from the model's {unc['draws']} draws per entry: the measured "
+  return (f"Uncertainty, from the model's {unc['draws']} draws per entry: the measured "
           f"value fell below every draw in {m['below']:.3f} of the scored entries and above "
           f"every draw in {m['above']:.3f}; a calibrated posterior puts "
           f"{unc['calibrated_tail']:.3f} in each (wider tails: the draws are too narrow or "
@@ -157,53 +160,137 @@ def _uncertainty_lines(unc: dict) -> list[str]:
              f"values' std, {m['relative_std']:.3f} on average) against the channel's "
              f"Pearson r: {unc['channels_spearman']:.3f} (below 0: wider draws where the "
              "channel is imputed worse).")
-          + (_coverage_line(unc) if "coverage" in unc else "")]
+          + (_coverage_line(unc) if "coverage" in unc else ""))
+
+
+def title(info: dict) -> str:
+  return (f"Evaluation: {info['kind']}, split `{info['split']}`"
+          + (f", mode `{info['mode']}`" if info["kind"] == "images" else "")
+          + (f" (held out: {', '.join(info['held_out'])})" if info.get("held_out") else ""))
+
+
+def description(summary: dict, info: dict) -> str:
+  """What was scored: the model, the store, the sampler and what each model row is."""
+  members = info.get("members", 1)
+  net = "generator's teacher's" if info["sampler"] == "onestep" else "network's"
+  return (f"Model `{info['model']}`"
+          + (f" (an ensemble of {members}: each member's draws as below, `model` the mean "
+             "of their estimates)" if members > 1 else "")
+          + f" on store `{info['store']}`; {info['sampler']} with "
+          f"{info['steps']} steps; `model` is the posterior mean as "
+          f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'], net=net)}"
+          + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1
+             else "") + ", "
+          "`model_1_sample` one sample"
+          + ("" if info.get("point", "samples") == "samples" else
+             f", `model_samples_mean` the mean of the {info['samples']} samples")
+          + (f"; `masked_regressor` the point estimate of the regressor `{info['regressor']}` "
+             "on the same observed channels (a baseline)" if info.get("regressor") else "")
+          + ". Best baseline: "
+          f"`{summary['best_baseline']}`."
+          + (" Draws under half a count are zero counts (the data are whole counts)."
+             if info.get("draws_zeroed_below") else "")
+          + (f" `cell_pearson`: Pearson r over {info['cells']['count']} cells "
+             f"({info['cells']['source']}) of the per-cell means, imputed against measured."
+             if info.get("cells") else ""))
+
+
+CHANNEL_CAPTION = ("Per channel, Pearson r (mean over the evaluated sets in which the channel "
+                   "was missing):")
+
+
+def figure(v: float | None) -> str:
+  return "" if v is None else f"{v:.3f}"
+
+
+def method_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+  """(header, rows) of the headline figures, one row per method; report.md and report.html
+  both show it."""
+  methods = summary["methods"]
+  heads = list(next(iter(methods.values()))["mean"])
+  return (["method", *heads],
+          [[m, *(figure(v["mean"][h]) for h in heads)] for m, v in methods.items()])
+
+
+def channel_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+  """(header, rows) of Pearson r per channel (rows) and method (columns), leaving out the
+  channels no method scored."""
+  methods = summary["methods"]
+  names = list(methods)
+  rows = []
+  for ch in methods[names[0]]["per_channel"]:
+    vals = [methods[m]["per_channel"][ch]["pearson"] for m in names]
+    if any(v is not None for v in vals):
+      rows.append([ch, *map(figure, vals)])
+  return ["channel", *names], rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+  return ["| " + " | ".join(head) + " |", "|---" * len(head) + "|",
+          *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def markdown(summary: dict, info: dict) -> str:
-  methods = summary["methods"]
-  names = list(methods)
-  members = info.get("members", 1)
-  net = "generator's teacher's" if info["sampler"] == "onestep" else "network's"
-  lines = [f"# Evaluation: {info['kind']}, split `{info['split']}`"
-           + (f", mode `{info['mode']}`" if info["kind"] == "images" else "")
-           + (f" (held out: {', '.join(info['held_out'])})" if info.get("held_out") else ""),
-           *_floor_line(summary),
-           "",
-           f"Model `{info['model']}`"
-           + (f" (an ensemble of {members}: each member's draws as below, `model` the mean "
-              "of their estimates)" if members > 1 else "")
-           + f" on store `{info['store']}`; {info['sampler']} with "
-           f"{info['steps']} steps; `model` is the posterior mean as "
-           f"{POINT_WORDS[info.get('point', 'samples')].format(k=info['samples'], net=net)}"
-           + (f" (shared among {info['views']} orientations)" if info.get("views", 1) > 1
-              else "") + ", "
-           "`model_1_sample` one sample"
-           + ("" if info.get("point", "samples") == "samples" else
-              f", `model_samples_mean` the mean of the {info['samples']} samples")
-           + (f"; `masked_regressor` the point estimate of the regressor `{info['regressor']}` "
-              "on the same observed channels (a baseline)" if info.get("regressor") else "")
-           + ". Best baseline: "
-           f"`{summary['best_baseline']}`."
-           + (" Draws under half a count are zero counts (the data are whole counts)."
-              if info.get("draws_zeroed_below") else "")]
-  if "uncertainty" in summary:
-    lines += _uncertainty_lines(summary["uncertainty"])
-  lines.append("")
-  heads = list(next(iter(methods.values()))["mean"])
-  lines += ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-  for m in names:
-    vals = [methods[m]["mean"][h] for h in heads]
-    lines.append(f"| {m} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
-  lines += ["", "Per channel, Pearson r (mean over the evaluated sets in which the channel "
-            "was missing):", "", "| channel | " + " | ".join(names) + " |",
-            "|---" * (len(names) + 1) + "|"]
-  for ch in summary["methods"][names[0]]["per_channel"]:
-    vals = [methods[m]["per_channel"][ch]["pearson"] for m in names]
-    if all(v is None for v in vals):
-      continue
-    lines.append(f"| {ch} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
+  floor = floor_sentence(summary)
+  lines = [f"# {title(info)}", *(["", floor] if floor else []), "",
+           description(summary, info)]
+  para = uncertainty_paragraph(summary["uncertainty"]) if "uncertainty" in summary else None
+  if para:
+    lines += ["", para]
+  lines += ["", *_md_table(*method_table(summary)), "", CHANNEL_CAPTION, "",
+            *_md_table(*channel_table(summary))]
   return "\n".join(lines) + "\n"
+
+
+# The plots `write` may leave, in the order report.html shows them.
+PLOTS = (("per_channel.png", "Per channel, Pearson r: the model against the best baseline."),
+         ("calibration.png", "The measured value's rank among the draws (PIT), and the "
+          "coverage of the draws' central intervals against the nominal level."),
+         ("examples.png", "Measured, imputed (posterior mean) and uncertainty (posterior "
+          "std) crops of the best-imputed channels."),
+         ("cells.png", "Imputed against measured (CLR), the best-imputed proteins."))
+
+
+def calibration_table(unc: dict) -> Table:
+  """The draws' tail shares and interval coverage beside a calibrated posterior's."""
+  m, k, tail = unc["mean"], unc["draws"], figure(unc["calibrated_tail"])
+  rows = [["below every draw", figure(m["below"]), tail],
+          ["above every draw", figure(m["above"]), tail]]
+  if "coverage" in unc:
+    cov = unc["coverage"]
+    rows += [[f"inside the central {100 * p:g} % interval", figure(e), figure(c)]
+             for p, e, c in zip(cov["levels"], cov["empirical"], cov["calibrated"])]
+  return Table(["share of measured values", f"the model's {k} draws",
+                f"a calibrated posterior's {k} draws"], rows)
+
+
+def html(summary: dict, info: dict, out_dir: str) -> str:
+  """report.html: report.md's text and tables, the calibration figures as a table, and the
+  plots found in `out_dir`."""
+  floor = floor_sentence(summary)
+  sections = [Section(None, [*([Para(floor, lead=True)] if floor else []),
+                             Para(description(summary, info))]),
+              Section("Scores", [Table(*method_table(summary))]),
+              Section("Per channel", [Para(CHANNEL_CAPTION), Table(*channel_table(summary))])]
+  unc = summary.get("uncertainty")
+  para = uncertainty_paragraph(unc) if unc else None
+  if para:
+    sections.append(Section("Uncertainty", [Para(para), calibration_table(unc)]))
+  plots = [Image.read(os.path.join(out_dir, name), caption) for name, caption in PLOTS
+           if os.path.exists(os.path.join(out_dir, name))]
+  if plots:
+    sections.append(Section("Plots", plots))
+  return report_html.page(title(info), sections)
+
+
+def reconstruction_html(rec: dict) -> str:
+  """The autoencoder's report.html, from the report.json evaluate.reconstruction writes."""
+  rows = [[ch, figure(v["pearson"]), figure(v["rmse"])]
+          for ch, v in rec["per_channel"].items() if v["pearson"] is not None]
+  return report_html.page(f"Autoencoder reconstruction, split `{rec['split']}`", [
+      Section(None, [Para(f"Model `{rec['model']}` on `{rec['store']}`, {rec['tiles']} tiles: "
+                          f"mean Pearson r {rec['mean_pearson']:.3f}.")]),
+      Section("Per channel", [Table(["channel", "Pearson r", "RMSE"], rows)])])
 
 
 def plot_bars(summary: dict, path: str) -> None:
@@ -308,7 +395,8 @@ def plot_cells(truth: np.ndarray, pred: np.ndarray, channels: list[str], summary
 
 
 def write(out_dir: str, result: dict, info: dict) -> dict:
-  """Writes report.json, report.md and the PNGs into `out_dir`; returns the summary."""
+  """Writes report.json, report.md, the PNGs and report.html into `out_dir`; returns the
+  summary."""
   summary = summarise(result, info["kind"])
   report = {**info, **summary, "channels": result["channels"]}
   if "sets" in result:
@@ -325,4 +413,5 @@ def write(out_dir: str, result: dict, info: dict) -> dict:
   else:
     plot_cells(result["truth"], result["preds"]["model"], result["channels"], summary,
                os.path.join(out_dir, "cells.png"))
+  report_html.write(out_dir, html(summary, info, out_dir))
   return summary

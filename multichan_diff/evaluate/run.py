@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from multichan_diff.data import panels, store
-from multichan_diff.evaluate import report
+from multichan_diff.evaluate import report, report_html
 from multichan_diff.impute.posterior import load_posterior, model_dirs
 from multichan_diff.train.model_dir import read_meta
 
@@ -27,9 +27,12 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
              overlap: int | None = None, batch_size: int | None = None,
              name_map: str | None = None, point: str = "denoiser", views: int | None = None,
              continuous_draws: bool = False, regressor: str | None = None,
-             overwrite: bool = False) -> dict:
+             masks: str | None = None, segment: str | None = None,
+             nuclear_diameter: float | None = None, overwrite: bool = False) -> dict:
   """regressor: an exported masked regressor (`network` "regressor") of the model's panel,
-  whose point estimate is scored as the baseline row `masked_regressor`."""
+  whose point estimate is scored as the baseline row `masked_regressor`. masks (a folder of
+  label TIFFs named by FOV) or segment ("nuclear:CHANNEL"): cell-level scores too
+  (`cell_level`)."""
   from multichan_diff.train.model_dir import load_model
   store.check_writable(out, overwrite)
   attrs = store.read_attributes(store_path)
@@ -59,6 +62,12 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
   if regressor is not None:  # its draws: its output in each of the model's views
     other = load_posterior(regressor, samples=posterior.views, views=posterior.views,
                            batch_size=batch_size)
+  cells = None
+  if masks is not None or segment is not None:
+    if kind == "cells":
+      raise ValueError("--masks and --segment are for images: a cells model is already "
+                       "scored per cell")
+    cells = {"masks": masks, "segment": segment, "diameter": nuclear_diameter}
   if kind == "cells":
     if channels or held_out:
       raise ValueError("--channels and --held-out are for images; a cells model is scored "
@@ -96,7 +105,9 @@ def evaluate(model_dir: str, store_path: str, out: str, *, split: str = "test",
                              keep=keep, held_out=held, channel_index=index,
                              model_channels=len(meta["channels"]),
                              tile=tile, overlap=tile // 4 if overlap is None else overlap,
-                             context_norm=meta.get("context_norm"), points=points, seed=seed)
+                             context_norm=meta.get("context_norm"), points=points, seed=seed,
+                             cells=cells)
+    info["cells"] = result.get("cells")
   with store.atomic_dir(out, overwrite) as tmp:
     summary = report.write(tmp, result, info)
   heads = {m: v["mean"] for m, v in summary["methods"].items()}
@@ -135,5 +146,5 @@ def _reconstruction(model, meta, model_dir, store_path, out, split, overwrite) -
   info = {"kind": "autoencoder", "split": split, "model": os.path.abspath(model_dir),
           "store": os.path.abspath(store_path)}
   with store.atomic_dir(out, overwrite) as tmp:
-    write_report(tmp, scores, info)
+    report_html.write(tmp, report.reconstruction_html(write_report(tmp, scores, info)))
   return {"out": os.path.abspath(out), "mean_pearson": scores["mean_pearson"]}

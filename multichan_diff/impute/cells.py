@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -86,13 +85,7 @@ def impute_cells(model_dir: str, input_path: str, out: str, *, samples: int = 8,
   adata.obsm["protein_predicted"] = frame(to_clr(mean, meta))
   adata.obsm["protein_predicted_std"] = frame(to_clr(draws, meta).std(0))
   out = os.path.abspath(out)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
-  os.close(fd)
-  try:
+  with store.atomic_file(out) as tmp:
     adata.write_h5ad(tmp)
-    os.replace(tmp, out)
-  except BaseException:
-    os.unlink(tmp)
-    raise
   return {"out": out, "cells": int(adata.n_obs), "proteins": len(meta["channels"]),
           "genes_absent": missing}

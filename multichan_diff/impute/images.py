@@ -15,7 +15,7 @@ import numpy as np
 from multichan_diff.data import panels, readers, store
 from multichan_diff.data.prepare import bin_image
 from multichan_diff.data.transforms import FOV_NORMS
-from multichan_diff.impute import tiling
+from multichan_diff.impute import tiling, writers
 from multichan_diff.impute.posterior import Posterior, load_posterior
 from multichan_diff.train.metrics import Progress
 from multichan_diff.train.model_dir import model_normalizer
@@ -102,12 +102,6 @@ def observed_channels(model_panel: list[str], image_channels: list[str], *,
   return mask
 
 
-def _write_ome(path: str, image_hwc: np.ndarray, names: list[str]) -> None:
-  import tifffile
-  tifffile.imwrite(path, np.moveaxis(image_hwc, -1, 0).astype(np.float32), ome=True,
-                   metadata={"axes": "CYX", "Channel": {"Name": list(names)}})
-
-
 def _read_inputs(path: str, panel_csv: str | None) -> list[readers.FOV]:
   panel = readers.read_panel_csv(panel_csv) if panel_csv else None
   if os.path.isdir(path):
@@ -122,11 +116,14 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
                   seed: int = 0, overlap: int | None = None, batch_size: int = 16,
                   panel_csv: str | None = None, name_map: str | None = None,
                   point: str = "denoiser", views: int | None = None,
-                  continuous_draws: bool = False, overwrite: bool = False) -> dict:
+                  continuous_draws: bool = False, overwrite: bool = False,
+                  out_format: str = "ome-tiff") -> dict:
   """Writes OUT/<fov>.ome.tif (the full panel: observed channels as given, the rest the
   posterior mean, see `Posterior`) and OUT/<fov>_std.ome.tif (the standard deviation over
   the samples), both in the input's units at the model's pixel size (the input binned by
-  the model's bin)."""
+  the model's bin); out_format 'ome-zarr': <fov>.ome.zarr and <fov>_std.ome.zarr (`writers`).
+  OUT appears whole or not at all."""
+  write = writers.get_writer(out_format)
   store.check_writable(out, overwrite)
   posterior, meta = load_posterior(model_dir, sampler=sampler, steps=steps, samples=samples,
                                    batch_size=batch_size, point=point, views=views,
@@ -155,9 +152,8 @@ def impute_images(model_dir: str, input_path: str, out: str, *, observed=None, m
                                   context_norm=meta.get("context_norm"), progress=True)
       mean, std = norm.inverse(point), norm.inverse(draws).std(0)
       mean[..., mask], std[..., mask] = full[..., mask], 0.0
-      _write_ome(os.path.join(tmp, f"{fov.name}.ome.tif"), mean, names)
-      _write_ome(os.path.join(tmp, f"{fov.name}_std.ome.tif"), std, names)
+      write(tmp, fov.name, mean, std, names, ~mask)
       written.append(fov.name)
-  return {"out": os.path.abspath(out), "fovs": written,
+  return {"out": os.path.abspath(out), "format": out_format, "fovs": written,
           "observed": [n for n, m in zip(names, mask) if m],
           "imputed": [n for n, m in zip(names, mask) if not m]}
