@@ -88,6 +88,19 @@ def test_impute_ome_zarr_equals_the_ome_tiff(tmp_path, image_model, capsys):
   before = sorted(os.listdir(out))
   assert main([*args, "--out", str(out), "--format", "ome-zarr"]) == 2
   assert "already exists" in capsys.readouterr().err and sorted(os.listdir(out)) == before
+  # The newcomer's path on: the imputed OME-TIFF -> a per-cell table over a rough nuclear
+  # segmentation -> AnnData, as scanpy reads it.
+  import anndata
+  cells = tmp_path / "cells.h5ad"
+  assert main(["quantify", "--input", str(tmp_path / "tif" / "Point2206.ome.tif"), "--segment",
+               "nuclear:HH3", "--nuclear-diameter", "3", "--out", str(cells)]) == 0
+  a = anndata.read_h5ad(cells)
+  assert list(a.var_names) == names and a.n_obs > 10
+  assert a.var_names[a.var["imputed"].to_numpy()].tolist() == ["CD3", "CD8"]
+  std = a.layers["std"]
+  assert np.isfinite(std[:, a.var["imputed"].to_numpy()]).all()
+  assert np.isnan(std[:, ~a.var["imputed"].to_numpy()]).all()
+  assert a.obsm["spatial"].shape == (a.n_obs, 2)
 
 
 @needs_data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import anndata
 import numpy as np
@@ -248,11 +247,8 @@ def test_segment_a_real_fov(tmp_path):
   image = tmp_path / "Point2206.ome.tif"
   _ome(image, np.moveaxis(binned, -1, 0), ["Nuc", "CD45", "PanKRT"], ["CD45"])
   out = tmp_path / "cells.h5ad"
-  start = time.perf_counter()
   summary = quantify(str(image), str(out), segment="nuclear:nuc", nuclear_diameter=8,
                      expand=1)
-  seconds = time.perf_counter() - start
-  assert seconds < 10, seconds
   a = anndata.read_h5ad(out)
   assert 100 < a.n_obs == summary["cells"] < 5000, a.n_obs
   assert a.var["imputed"].tolist() == [False, True, False]
