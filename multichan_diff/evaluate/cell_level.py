@@ -18,7 +18,7 @@ import numpy as np
 from multichan_diff.data import panels
 from multichan_diff.evaluate import metrics
 from multichan_diff.quantify.table import (MASK_SUFFIXES, cell_means, check_labels, find_file,
-                                          nuclear_channel)
+                                          nuclear_channel, read_tiff_mask)
 
 # Nuclei are about 10 source pixels across: the default diameter at the store's pixel size.
 SOURCE_NUCLEUS = 10.0
@@ -55,7 +55,6 @@ def read_cells(fovs, channels: list[str], *, bin_size: int, masks: str | None = 
   """The evaluated FOVs' (`images.FOVImage`) cells: from a folder of masks named by FOV,
   or by `segment` ("nuclear:CHANNEL") with nuclei `diameter` store pixels across (default
   10 source pixels, binned)."""
-  import tifffile
   from multichan_diff.quantify.segment import segment_nuclei
   if (masks is None) == (segment is None):
     raise ValueError("cell-level scores need either a folder of masks or --segment")
@@ -68,11 +67,8 @@ def read_cells(fovs, channels: list[str], *, bin_size: int, masks: str | None = 
       if path is None:
         raise ValueError(f"{masks}: no mask for the FOV {f.name!r} (looked for "
                          f"{f.name}{{{','.join(MASK_SUFFIXES)}}}.tif[f])")
-      try:
-        raw = tifffile.imread(path)
-      except Exception as e:  # tifffile raises several types for broken files
-        raise ValueError(f"{path}: cannot read as a TIFF mask ({type(e).__name__}: {e})") from e
-      labels.append(_to_store_pixels(np.squeeze(raw), path, f.covered.shape, bin_size))
+      labels.append(_to_store_pixels(np.squeeze(read_tiff_mask(path)), path, f.covered.shape,
+                                     bin_size))
     source = f"masks in `{os.path.abspath(masks)}`"
   else:
     channel = nuclear_channel(segment)

@@ -85,14 +85,18 @@ def check_labels(labels: np.ndarray, path: str, shape: tuple[int, int]) -> np.nd
   return labels
 
 
-def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
-  """A label TIFF (steinbock, Mesmer, Cellpose) -> [H, W] labels, checked against `shape`."""
+def read_tiff_mask(path: str) -> np.ndarray:
+  """A label TIFF (steinbock, Mesmer, Cellpose) as stored, or a ValueError naming it."""
   import tifffile
   try:
-    labels = tifffile.imread(path)
+    return tifffile.imread(path)
   except Exception as e:  # tifffile raises several types for broken files
     raise ValueError(f"{path}: cannot read as a TIFF mask ({type(e).__name__}: {e})") from e
-  return check_labels(labels, path, shape)
+
+
+def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+  """A label TIFF -> [H, W] labels, checked against `shape`."""
+  return check_labels(read_tiff_mask(path), path, shape)
 
 
 def nuclear_channel(spec: str) -> str:
