@@ -172,7 +172,8 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
         store_path)["bin"], **cells)
   # a held-out channel draws as in a full `single` run, so a part of one is that part
   ids = held_out if held_out else range(len(sets))
-  baselines = ImageBaselines([f.image for f in train], [f.image for f in test])
+  test_images = [f.image for f in test]
+  baselines = ImageBaselines([f.image for f in train], test_images)
   key = jax.random.key(seed)
   scores: dict[str, dict[str, list[np.ndarray]]] = {}
   uncertainty: dict[str, list[np.ndarray]] = {}
@@ -208,12 +209,11 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
               "std": crop(std[-1])[..., c]})
     preds = {"model": mean, **sample_rows(posterior, samples_mean, single), **others,
              **baselines.predict(observed)}
-    truth = _pool([f.image for f in test], test, missing)  # once per set, for every method
+    truth = _pool(test_images, test, missing)  # once per set, for every method
     for name, pred in preds.items():
       sc = _scores(pred, truth, test, missing)
       if labels is not None:
-        sc["cell_pearson"] = cell_level.cell_pearson(pred, [f.image for f in test], labels,
-                                                     missing)
+        sc["cell_pearson"] = cell_level.cell_pearson(pred, test_images, labels, missing)
       for metric, values in sc.items():
         scores.setdefault(name, {}).setdefault(metric, []).append(_row(values, missing))
     unc = metrics.uncertainty(*(_pool(x, test, missing) for x in (lo, hi, std, mean)), truth)
