@@ -174,6 +174,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from multichan_diff.impute.writers import WRITERS
   parser = argparse.ArgumentParser(
       prog="multichan-diff",
       description="Controllable diffusion for multi-channel biological data.")
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_sampling_args(im)
   im.add_argument("--panel", help="panel.csv for plain TIFFs")
   im.add_argument("--layer", help="cells: read RNA counts from this layer instead of X")
-  im.add_argument("--format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff",
+  im.add_argument("--format", choices=sorted(WRITERS), default="ome-tiff",
                   help="images: the files written per FOV (ome-zarr: NGFF 0.5 with a pyramid)")
   im.set_defaults(func=_impute)
 
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Greedy forward selection on a split: each step adds the marker whose "
       "measurement gives the highest mean Pearson r of the channels still imputed (the "
       "model's point estimate on a fixed sample of tiles or cells), beside a ridge baseline "
-      "refit per panel. Writes OUT/panel.json, panel.png and panel.md.")
+      "refit per panel. Writes OUT/panel.json, panel.png, panel.md and panel.html.")
   dp.add_argument("--model", required=True, help="an exported model (or several, comma-"
                   "separated: an ensemble)")
   dp.add_argument("--store", required=True, help="a store of the model's panel")

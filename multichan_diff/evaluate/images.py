@@ -74,6 +74,12 @@ def fit_splits(split: str) -> tuple[str, ...]:
   return ("train", "val") if split == "test" else ("train",)
 
 
+def fit_fovs(path: str, split: str) -> list[FOVImage]:
+  """The FOVs the baselines are fit on when scoring `split` (`fit_splits`; a store without
+  a validation split has only its training FOVs)."""
+  return [f for s in fit_splits(split) for f in _read_if_any(path, s)]
+
+
 def _read_if_any(path: str, split: str) -> list[FOVImage]:
   try:
     return read_fovs(path, split)
@@ -159,7 +165,7 @@ def evaluate_images(posterior: Posterior, store_path: str, *, split: str, mode: 
   tile-sized crop of the first FOV)}.
   """
   test = read_fovs(store_path, split)
-  train = [f for s in fit_splits(split) for f in _read_if_any(store_path, s)]
+  train = fit_fovs(store_path, split)
   channels = StoreSource(store_path, split).channels
   if keep is not None:
     test, train = ([dataclasses.replace(f, image=f.image[..., keep]) for f in fovs]

@@ -43,7 +43,8 @@ from multichan_diff.evaluate import metrics, report_html
 from multichan_diff.evaluate.baselines import (ImageBaselines, feature_stack, ridge_coefs,
                                                truncated_svd)
 from multichan_diff.evaluate.cells import source_cells
-from multichan_diff.evaluate.images import fit_splits, read_fovs
+from multichan_diff.evaluate.report import md_table
+from multichan_diff.evaluate.images import fit_fovs, fit_splits, read_fovs
 from multichan_diff.impute import tiling
 from multichan_diff.impute.cells import sample_cells, to_clr
 from multichan_diff.impute.posterior import load_posterior, model_dirs
@@ -219,14 +220,7 @@ def _image_scores(posterior, meta: dict, attrs: dict, store_path: str, split: st
   picked = source.indices[np.random.default_rng(seed).choice(n, min(tiles, n), replace=False)]
   picked = sorted(map(int, picked), key=lambda j: (fov_of[j], j))  # FOV by FOV
   fovs = {f.name: f for f in read_fovs(store_path, split)}
-  fit = []
-  for s in fit_splits(split):
-    try:
-      fit += read_fovs(store_path, s)
-    except ValueError:
-      if s == "train":
-        raise
-  baselines = ImageBaselines([f.image for f in fit], [])
+  baselines = ImageBaselines([f.image for f in fit_fovs(store_path, split)], [])
   t, c_model = meta["tile"], len(meta["channels"])
   norm = meta.get("context_norm") in FOV_NORMS
   x, feats, shift, scale, fov = [], [], [], [], None
@@ -452,9 +446,7 @@ def _markdown(result: dict) -> str:
   lines = [f"# {_title(result)}", ""]
   for para in _prose(result):
     lines += [para, ""]
-  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines += ["| " + " | ".join(r) + " |" for r in rows]
-  lines += ["", _closing(result), ""]
+  lines += [*md_table(head, rows), "", _closing(result), ""]
   return "\n".join(lines)
 
 

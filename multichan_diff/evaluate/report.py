@@ -225,7 +225,8 @@ def channel_table(summary: dict) -> tuple[list[str], list[list[str]]]:
   return ["channel", *names], rows
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+  """A Markdown table's lines."""
   return ["| " + " | ".join(head) + " |", "|---" * len(head) + "|",
           *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -237,8 +238,8 @@ def markdown(summary: dict, info: dict) -> str:
   para = uncertainty_paragraph(summary["uncertainty"]) if "uncertainty" in summary else None
   if para:
     lines += ["", para]
-  lines += ["", *_md_table(*method_table(summary)), "", CHANNEL_CAPTION, "",
-            *_md_table(*channel_table(summary))]
+  lines += ["", *md_table(*method_table(summary)), "", CHANNEL_CAPTION, "",
+            *md_table(*channel_table(summary))]
   return "\n".join(lines) + "\n"
 
 
